@@ -1,0 +1,75 @@
+"""nox front door: thin sessions that call the sparkforge CLI.
+
+``build-<recipe>`` and ``smoke-<recipe>`` exist for every directory in recipes/.
+Arguments after ``--`` go to the CLI, e.g.
+``nox -s build-sm121-probe -- --target hopper --cuda-arch 121 --dry-run``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+RECIPES = sorted(p.parent.name for p in (ROOT / "recipes").glob("*/recipe.toml"))
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["tests"]
+
+
+def _install(session: nox.Session, extras: str = "") -> None:
+    session.install("-e", f".{extras}")
+
+
+def _make_recipe_sessions(recipe: str) -> None:
+    @nox.session(name=f"build-{recipe}")
+    def build(session: nox.Session) -> None:
+        _install(session)
+        session.run("sparkforge", "build", recipe, *session.posargs)
+
+    @nox.session(name=f"smoke-{recipe}")
+    def smoke(session: nox.Session) -> None:
+        _install(session)
+        session.run("sparkforge", "smoke", recipe, *session.posargs, success_codes=[0, 77])
+
+
+for _recipe in RECIPES:
+    _make_recipe_sessions(_recipe)
+
+
+@nox.session
+def lock(session: nox.Session) -> None:
+    """(Re)resolve lock.toml: `nox -s lock -- [RECIPE ...] [--upgrade RECIPE]`."""
+    _install(session)
+    session.run("sparkforge", "lock", *session.posargs)
+
+
+@nox.session
+def index(session: nox.Session) -> None:
+    """Regenerate the wheelhouse index and list what it holds."""
+    _install(session)
+    session.run("sparkforge", "index", *session.posargs)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole test suite (GPU tests skip without a CUDA device)."""
+    _install(session, "[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    _install(session, "[lint]")
+    session.run("ruff", "check", "src", "tests", "noxfile.py", "benchmarks")
+    session.run("ruff", "format", "--check", "src", "tests", "noxfile.py", "benchmarks")
+    session.run("mypy")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Pipeline overhead vs a bare `python -m build`; writes docs/benchmarks.md figures."""
+    _install(session, "[test]")
+    session.run("python", "benchmarks/bench_probe.py", *session.posargs)

@@ -1,0 +1,88 @@
+"""CUDA architecture names and the spellings each build system wants.
+
+One arch is written ``121`` (SASS for sm_121), ``121a`` / ``120f`` (arch-specific
+or family SASS) in targets, recipes and on the command line; ``12.1`` and
+``sm_121`` are accepted too. Renderers turn a list of them into what CMake,
+PyTorch and nvcc expect, always explicitly (never auto-detected).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+_ARCH = re.compile(r"^(?:sm_|compute_)?(\d{1,2})\.?(\d)([af]?)$")
+
+
+@dataclass(frozen=True, order=True)
+class CudaArch:
+    """One GPU architecture to emit SASS for (and optionally PTX)."""
+
+    major: int
+    minor: int
+    variant: str = ""  # "", "a" (arch-specific) or "f" (family)
+
+    @property
+    def sm(self) -> int:
+        return self.major * 10 + self.minor
+
+    @property
+    def name(self) -> str:
+        return f"sm_{self.sm}{self.variant}"
+
+    @property
+    def cmake(self) -> str:
+        return f"{self.sm}{self.variant}"
+
+    @property
+    def torch(self) -> str:
+        return f"{self.major}.{self.minor}{self.variant}"
+
+    def __str__(self) -> str:
+        return self.cmake
+
+
+def parse_arch(text: str, *, where: str) -> CudaArch:
+    """Parse ``121``, ``12.1``, ``sm_121a``, ``120f``; ``where`` names the file/key or flag."""
+    match = _ARCH.match(text.strip().lower())
+    if not match:
+        raise ConfigError(
+            f"{where}: '{text}' is not a CUDA architecture; write e.g. '121', '121a', '120f' or '12.1'"
+        )
+    # "90" is 9.0 and "121" is 12.1: the last digit is always the minor.
+    major_text, minor_text, variant = match.groups()
+    return CudaArch(int(major_text), int(minor_text), variant)
+
+
+def check_arch(text: str) -> str:
+    """Validator form of :func:`parse_arch` for pydantic, which reports ValueError with the key."""
+    try:
+        parse_arch(text, where="value")
+    except ConfigError:
+        raise ValueError(
+            f"'{text}' is not a CUDA architecture; write e.g. '121', '121a' or '120f'"
+        ) from None
+    return text
+
+
+def merge_archs(*groups: tuple[CudaArch, ...]) -> tuple[CudaArch, ...]:
+    """Union of arch lists, sorted, without duplicates."""
+    return tuple(sorted({arch for group in groups for arch in group}))
+
+
+def cmake_architectures(archs: tuple[CudaArch, ...], *, ptx: bool) -> str:
+    """``CMAKE_CUDA_ARCHITECTURES``: SASS only (``-real``), PTX of the newest if asked."""
+    items = [f"{a.cmake}-real" for a in archs]
+    if ptx and archs:
+        items[-1] = archs[-1].cmake
+    return ";".join(items)
+
+
+def torch_arch_list(archs: tuple[CudaArch, ...], *, ptx: bool) -> str:
+    """``TORCH_CUDA_ARCH_LIST`` (``9.0;12.1``, ``+PTX`` on the newest if asked)."""
+    items = [a.torch for a in archs]
+    if ptx and items:
+        items[-1] += "+PTX"
+    return ";".join(items)

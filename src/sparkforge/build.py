@@ -1,0 +1,358 @@
+"""Build orchestration: plan a build, then run it phase by phase.
+
+``plan`` is pure data assembly (no side effects): recipe + target + lock →
+environment, commands, paths and the build key. ``execute`` runs the phases in
+one direction: sources → patches → environment → build → repair → normalize →
+audit → publish. The build key decides "up to date": a wheel published with the
+same key makes the build a no-op.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from packaging.utils import parse_wheel_filename
+from rich.console import Console
+
+from . import __version__, compat, cudabin, wheels
+from .archs import CudaArch, cmake_architectures, merge_archs, torch_arch_list
+from .buildenv import build_env, env_path
+from .errors import BuildError, LockError, WheelError
+from .index import StoredWheel, Wheelhouse
+from .lock import LockEntry, entry_for, read_lock
+from .patches import PatchSeries, apply_series, load_series
+from .progress import BuildLog
+from .provenance import statement
+from .recipes import Recipe, load_recipe
+from .runners import Runner
+from .digest import sha256_file
+from .sources import materialize, tree_sha256
+from .targets import Target, load_target
+from .workspace import Workspace
+
+#: Where build paths are mapped to inside binaries, so they do not depend on the workspace.
+MAPPED_BUILD_DIR = "/sparkforge/build"
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    version: str | None = None
+    extra_archs: tuple[CudaArch, ...] = ()
+    jobs: int | None = None
+    force: bool = False
+    allow_arch_gaps: bool = False
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    project: Path
+    recipe: Recipe
+    target: Target
+    version: str
+    lock: LockEntry
+    series: PatchSeries
+    archs: tuple[CudaArch, ...]
+    jobs: int
+    build_key: str
+    build_dir: Path
+    source_dir: Path
+    dist_dir: Path
+    env_dir: Path
+    env: dict[str, str]
+    commands: tuple[tuple[str, ...], ...]
+    wheel_pattern: str
+    local_version: str | None
+    repair_exclude: tuple[str, ...]
+    runner: Runner
+    runner_identity: dict[str, str]
+    python_version: str
+    workspace: Workspace
+    wheelhouse: Path
+    log_path: Path
+    options: BuildOptions = field(default=BuildOptions())
+
+    @property
+    def history_key(self) -> str:
+        return f"{self.recipe.name}@{self.target.name}"
+
+    def describe(self) -> dict[str, Any]:
+        """The plan as plain data (for --dry-run and provenance)."""
+        src = self.lock.source
+        return {
+            "recipe": self.recipe.name,
+            "dist": self.recipe.spec.dist,
+            "version": self.version,
+            "target": self.target.name,
+            "platform": self.target.platform,
+            "manylinux": self.target.manylinux,
+            "cuda_archs": [a.cmake for a in self.archs],
+            "source": src.model_dump(mode="json", exclude_none=True),
+            "source_date_epoch": self.lock.source_date_epoch,
+            "patches": [{"name": p.name, "sha256": p.sha256, "why": p.why} for p in self.series.patches],
+            "build_requires": [f"{r.name}=={r.version}" for r in self.lock.build_requires],
+            "jobs": self.jobs,
+            "build_key": self.build_key,
+            "runner": self.runner_identity,
+            "build_dir": str(self.build_dir),
+            "environment": self.env,
+            "commands": [shlex.join(c) for c in self.commands],
+            "wheel": self.wheel_pattern,
+            "local_version": self.local_version,
+            "repair_exclude": list(self.repair_exclude),
+            "wheelhouse": str(self.wheelhouse),
+            "log": str(self.log_path),
+        }
+
+
+def available_memory_gb() -> float:
+    """MemAvailable from /proc/meminfo (DGX Spark shares it between CPU and GPU)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / (1024 * 1024)
+    except OSError:
+        pass
+    return 4.0
+
+
+def job_count(memory_per_job_gb: float, requested: int | None) -> int:
+    """min(cores, available memory ÷ memory per job), at least 1; ``--jobs`` wins."""
+    if requested is not None:
+        return max(1, requested)
+    cores = len(os.sched_getaffinity(0))
+    return max(1, min(cores, int(available_memory_gb() // memory_per_job_gb)))
+
+
+def _key(data: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def _environment(target: Target, plan_values: dict[str, str], recipe: Recipe, epoch: int, workspace: Workspace) -> dict[str, str]:
+    """The whole environment of the build commands: nothing leaks in from the caller."""
+    build_dir = plan_values["build_dir"]
+    prefix_map = f"-ffile-prefix-map={build_dir}={MAPPED_BUILD_DIR}"
+    env = {
+        "PATH": os.pathsep.join([str(Path(plan_values["python"]).parent), f"{target.cuda_home}/bin",
+                                 "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]),
+        "HOME": f"{build_dir}/home",
+        "TMPDIR": f"{build_dir}/tmp",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "TZ": "UTC",
+        "SOURCE_DATE_EPOCH": str(epoch),
+        "PYTHONHASHSEED": "0",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PIP_NO_INDEX": "1",
+        "PIP_CONFIG_FILE": os.devnull,
+        "CUDA_HOME": target.cuda_home,
+        "CUDA_PATH": target.cuda_home,
+        "CUDACXX": f"{target.cuda_home}/bin/nvcc",
+        "MAX_JOBS": plan_values["jobs"],
+        "CMAKE_BUILD_PARALLEL_LEVEL": plan_values["jobs"],
+        "CFLAGS": prefix_map,
+        "CXXFLAGS": prefix_map,
+        "CUDAFLAGS": f"-Xcompiler={prefix_map}",
+    }
+    if shutil.which("ccache"):
+        env.update({
+            "CCACHE_DIR": str(workspace.ccache),
+            "CCACHE_BASEDIR": build_dir,
+            "CCACHE_NOHASHDIR": "1",
+            "CMAKE_C_COMPILER_LAUNCHER": "ccache",
+            "CMAKE_CXX_COMPILER_LAUNCHER": "ccache",
+            "CMAKE_CUDA_COMPILER_LAUNCHER": "ccache",
+        })
+    for name, value in recipe.spec.build.env.items():
+        env[name] = value.format_map(plan_values)
+    return env
+
+
+def plan(project: Path, recipe_name: str, target_name: str, runner: Runner, workspace: Workspace,
+         wheelhouse: Path, options: BuildOptions) -> BuildPlan:
+    """Everything a build will do, decided up front; refuses a missing or stale lock."""
+    recipe = load_recipe(project, recipe_name)
+    target = load_target(project, target_name)
+    version = recipe.version(options.version)
+    runner.check(target)
+    series = load_series(project, recipe.name, version)
+    lock_path = project / "lock.toml"
+    entry = entry_for(read_lock(lock_path), lock_path, recipe, version, series)
+    if entry.source.kind == "path":
+        root = project / str(entry.source.path)
+        if tree_sha256(root) != entry.source.tree_sha256:
+            raise LockError(
+                f"{lock_path}: lock entry for {recipe.name} {version} is stale ({root} changed since "
+                f"it was locked); run `nox -s lock -- {recipe.name}`"
+            )
+    archs = merge_archs(target.cuda_archs, recipe.extra_archs, options.extra_archs)
+    jobs = job_count(recipe.spec.memory_per_job_gb, options.jobs)
+    identity = runner.identity(target)
+    python_version = identity["python"]
+    local = recipe.spec.build.local_version
+    key = _key({
+        "sparkforge": __version__,
+        "recipe": recipe.digest,
+        "version": version,
+        "lock": entry.fingerprint(),
+        "target": target.identity(),
+        "runner": identity,
+        "archs": [a.cmake for a in archs],
+    })
+    build_dir = workspace.builds / key[:16]
+    env_dir = env_path(python_version, entry.build_requires, workspace.envs)
+    values = {
+        "python": str(env_dir / "bin" / "python"),
+        "jobs": str(jobs),
+        "cuda_home": target.cuda_home,
+        "cuda_version": target.cuda_version,
+        "cuda_nodot": target.cuda_nodot,
+        "cuda_archs": cmake_architectures(archs, ptx=recipe.spec.build.ptx),
+        "torch_cuda_arch_list": torch_arch_list(archs, ptx=recipe.spec.build.ptx),
+        "source_dir": str(build_dir / "src"),
+        "build_dir": str(build_dir),
+        "dist_dir": str(build_dir / "dist"),
+        "assets_dir": str(workspace.root / "assets"),
+        "version": version,
+        "target": target.name,
+        "platform": target.platform,
+    }
+    commands = tuple(
+        tuple(token.format_map(values) for token in shlex.split(line)) for line in recipe.spec.build.command
+    )
+    log_name = f"{recipe.name}-{version}-{target.name}-{key[:12]}.log"
+    return BuildPlan(
+        project=project, recipe=recipe, target=target, version=version, lock=entry, series=series,
+        archs=archs, jobs=jobs, build_key=key, build_dir=build_dir, source_dir=build_dir / "src",
+        dist_dir=build_dir / "dist", env_dir=env_dir,
+        env=_environment(target, values, recipe, entry.source_date_epoch, workspace),
+        commands=commands, wheel_pattern=recipe.spec.build.wheel.format_map(values),
+        local_version=local.format_map(values) if local else None,
+        repair_exclude=tuple(dict.fromkeys((*target.repair_exclude, *recipe.spec.repair.exclude))),
+        runner=runner, runner_identity=identity, python_version=python_version,
+        workspace=workspace, wheelhouse=wheelhouse, log_path=workspace.logs / log_name, options=options,
+    )
+
+
+def up_to_date(plan: BuildPlan) -> Path | None:
+    """The wheel already published with this build key, if any.
+
+    Reads only provenance files (no wheel is hashed), so a no-op stays fast even
+    when the wheelhouse holds multi-GB wheels.
+    """
+    for provenance in sorted((plan.wheelhouse / "files").glob("*.whl.provenance.json")):
+        try:
+            data = json.loads(provenance.read_text())
+        except (OSError, ValueError):
+            continue
+        params = data.get("predicate", {}).get("buildDefinition", {}).get("internalParameters", {})
+        wheel = provenance.with_name(provenance.name.removesuffix(".provenance.json"))
+        if params.get("build_key") == plan.build_key and wheel.is_file():
+            return wheel
+    return None
+
+
+def _one_wheel(pattern: str, recipe: Recipe) -> Path:
+    found = sorted(glob.glob(pattern))
+    if len(found) != 1:
+        what = "no wheel" if not found else f"{len(found)} wheels ({', '.join(Path(f).name for f in found)})"
+        raise BuildError(f"{recipe.path}: key 'build.wheel': the build produced {what} at {pattern}")
+    return Path(found[0])
+
+
+def _check_tags(wheel: Path, target: Target) -> None:
+    _, _, _, tags = parse_wheel_filename(wheel.name)
+    platforms = {t.platform for t in tags}
+    interpreters = {t.interpreter for t in tags}
+    py = "cp" + target.python.replace(".", "")
+    if target.manylinux not in platforms and platforms != {"any"}:
+        raise WheelError(f"{wheel.name}: platform tags {sorted(platforms)} lack {target.manylinux}")
+    if not interpreters & {py, "py3"}:
+        raise WheelError(f"{wheel.name}: built for {sorted(interpreters)}, target {target.name} runs {py}")
+
+
+def execute(plan: BuildPlan, console: Console) -> StoredWheel:
+    """Run the build; the wheelhouse changes only in the final publish step."""
+    log = BuildLog(plan.log_path, console, plan.workspace.expected_seconds(plan.history_key))
+    started = time.time()
+    try:
+        return _phases(plan, log, started)
+    except BuildError:
+        log.show_failure()
+        raise
+    finally:
+        log.close()
+
+
+def _phases(plan: BuildPlan, log: BuildLog, started: float) -> StoredWheel:
+    if plan.build_dir.exists():
+        shutil.rmtree(plan.build_dir)
+    for sub in ("home", "tmp", "dist", "labelled", "repaired", "final"):
+        (plan.build_dir / sub).mkdir(parents=True)
+    with log.phase("sources"):
+        materialize(plan.project, plan.recipe, plan.lock.source, plan.workspace, plan.source_dir)
+    with log.phase("patches"):
+        apply_series(plan.series, plan.source_dir, label=f"{plan.recipe.name} {plan.version}")
+        for patch in plan.series.patches:
+            log.note(f"applied {patch.name}: {patch.why}")
+    with log.phase("environment"):
+        build_env(plan.runner.python(plan.target.python), plan.python_version, plan.lock.build_requires,
+                  plan.env_dir)
+    with log.phase("build"):
+        for argv in plan.commands:
+            log.line(f"[sparkforge] $ {shlex.join(argv)}")
+            code = plan.runner.run(argv, env=plan.env, cwd=plan.source_dir, sink=log.line)
+            if code != 0:
+                raise BuildError(
+                    f"{plan.recipe.name} {plan.version}: `{argv[0]} …` exited with {code}; "
+                    f"see the log tail above and {plan.log_path}"
+                )
+        raw = _one_wheel(plan.wheel_pattern, plan.recipe)
+    with log.phase("repair"):
+        # The local label goes on first so that auditwheel's SBOM names the final version.
+        labelled = wheels.normalize(raw, out_dir=plan.build_dir / "labelled",
+                                    source_date_epoch=plan.lock.source_date_epoch,
+                                    local_version=plan.local_version)
+        repaired = wheels.repair(labelled, policy=plan.target.manylinux, excludes=plan.repair_exclude,
+                                 out_dir=plan.build_dir / "repaired",
+                                 env={**os.environ, "SOURCE_DATE_EPOCH": str(plan.lock.source_date_epoch)},
+                                 log=log.line)
+    with log.phase("normalize"):
+        final = wheels.normalize(repaired, out_dir=plan.build_dir / "final",
+                                 source_date_epoch=plan.lock.source_date_epoch)
+        _check_tags(final, plan.target)
+    with log.phase("audit"):
+        reports = cudabin.scan_wheel(final)
+        audits = {a.name: compat.audit(reports, a.sm) for a in plan.archs}
+        for name, result in audits.items():
+            log.note(f"{name}: {result.summary}")
+        gaps = [name for name, result in audits.items() if not result.ok]
+        if plan.recipe.spec.cuda and all(r.status is compat.Status.NO_CUDA_CODE for r in audits.values()):
+            raise WheelError(
+                f"{final.name}: no library in the wheel holds CUDA device code: a CPU-only build. "
+                f"Check the recipe's CUDA flags ({plan.recipe.path}); nothing was published"
+            )
+        if gaps and not plan.options.allow_arch_gaps:
+            raise WheelError(
+                f"{final.name}: will not run on {', '.join(gaps)} (see the audit above); nothing was "
+                "published. Fix the arch list, or pass --allow-arch-gaps to publish anyway (recorded "
+                "in provenance)"
+            )
+    with log.phase("publish"):
+        digest = sha256_file(final)
+        durations = dict(log.durations)
+        body = statement(plan, final.name, digest, durations=durations, started=started,
+                         audit={name: r.to_json() for name, r in audits.items()},
+                         arch_gaps_allowed=bool(gaps))
+        stored = Wheelhouse(plan.wheelhouse).publish(final, json.dumps(body, indent=2, sort_keys=True).encode())
+    plan.workspace.record_durations(plan.history_key, log.durations)
+    shutil.rmtree(plan.build_dir, ignore_errors=True)
+    return stored

@@ -1,0 +1,61 @@
+"""Build environments: a venv per (interpreter, locked requirements), cached.
+
+Requirements are installed with ``--require-hashes`` from the lock, so the same
+bytes are used on every machine whichever index serves them. An environment is
+published to its final path only when complete, so an interrupted install is
+never reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import BuildError
+from .lock import LockedRequirement
+
+
+def requirements_text(requirements: Sequence[LockedRequirement]) -> str:
+    return "".join(r.pip_line() + "\n" for r in sorted(requirements, key=lambda r: r.name))
+
+
+def env_path(python_version: str, requirements: Sequence[LockedRequirement], envs: Path) -> Path:
+    """Where the venv for this interpreter version and requirement set lives."""
+    text = requirements_text(requirements)
+    key = hashlib.sha256(f"{python_version}\n{text}".encode()).hexdigest()[:16]
+    return envs / f"py{python_version}-{key}"
+
+
+def build_env(python: str, python_version: str, requirements: Sequence[LockedRequirement], final: Path) -> Path:
+    """The venv at ``final`` (see :func:`env_path`) with exactly ``requirements``; made on first use."""
+    text = requirements_text(requirements)
+    if (final / ".complete").exists():
+        return final
+    # Scripts in a venv hard-code its path, so it is built in place; the marker is
+    # written last and a directory without it is discarded and rebuilt.
+    if final.exists():
+        shutil.rmtree(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _run([python, "-m", "venv", str(final)], "create a venv")
+    if requirements:
+        req_file = final / "requirements.txt"
+        req_file.write_text(text)
+        _run(
+            [str(final / "bin" / "python"), "-m", "pip", "install", "--quiet",
+             "--disable-pip-version-check", "--require-hashes", "--no-deps", "--only-binary=:all:",
+             "-r", str(req_file)],
+            "install the locked build requirements",
+        )
+    (final / ".complete").write_text(text)
+    return final
+
+
+def _run(argv: list[str], what: str) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True)
+    if result.returncode != 0:
+        lines = [line for line in (result.stderr or result.stdout).splitlines() if line.strip()]
+        reason = lines[-1] if lines else f"exit code {result.returncode}"
+        raise BuildError(f"cannot {what} with {argv[0]}: {reason}")

@@ -1,0 +1,210 @@
+"""The ``sparkforge`` command line: build, smoke, lock, index, inspect."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+
+from . import __version__
+from .archs import CudaArch, parse_arch
+from .build import BuildOptions, execute, plan, up_to_date
+from .errors import ConfigError, SparkforgeError
+from .index import Wheelhouse
+from .lock import read_lock, write_lock
+from .patches import load_series
+from .recipes import available_recipes, load_recipe
+from .resolve import lock_entry
+from .runners import HostRunner
+from .smoke import SKIPPED, run_smoke
+from .targets import DEFAULT_TARGET, available_targets, load_target
+from .workspace import Workspace
+
+console = Console(highlight=False, soft_wrap=True)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(f"{self.prog}: {message}; see `{self.prog} --help`")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--project", type=Path, default=Path.cwd(), help="project directory (default: .)")
+    parser.add_argument("--workspace", type=Path, help="cache/scratch directory (default: ~/.cache/sparkforge)")
+    parser.add_argument("--wheelhouse", type=Path, help="wheelhouse directory (default: <project>/wheelhouse)")
+
+
+def _archs(values: Sequence[str]) -> tuple[CudaArch, ...]:
+    archs: list[CudaArch] = []
+    for value in values:
+        archs += [parse_arch(part, where="--cuda-arch") for part in value.replace(";", ",").split(",") if part]
+    return tuple(archs)
+
+
+def _wheelhouse(args: argparse.Namespace) -> Path:
+    return (args.wheelhouse or args.project / "wheelhouse").resolve()
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    project = args.project.resolve()
+    options = BuildOptions(version=args.version, extra_archs=_archs(args.cuda_arch), jobs=args.jobs,
+                           force=args.force, allow_arch_gaps=args.allow_arch_gaps)
+    the_plan = plan(project, args.recipe, args.target, HostRunner(), Workspace.locate(args.workspace),
+                    _wheelhouse(args), options)
+    if args.dry_run:
+        text = json.dumps(the_plan.describe(), indent=2)
+        console.print_json(text) if console.is_terminal else print(text)
+        return 0
+    if not args.force:
+        existing = up_to_date(the_plan)
+        if existing is not None:
+            console.print(f"up to date: {existing} (build key {the_plan.build_key[:12]}; --force rebuilds)")
+            console.print(f"pipeline time {time.monotonic() - started:.2f} s")
+            return 0
+    console.print(f"[bold]building {the_plan.recipe.name} {the_plan.version}[/] for {the_plan.target.name} "
+                  f"({', '.join(a.name for a in the_plan.archs)}), {the_plan.jobs} jobs, key {the_plan.build_key[:12]}")
+    console.print(f"log: {the_plan.log_path}")
+    stored = execute(the_plan, console)
+    console.print(f"[green]published[/] {stored.path}\n  sha256 {stored.sha256}\n  index {Wheelhouse(the_plan.wheelhouse).index_url()}")
+    console.print(f"pipeline time {time.monotonic() - started:.2f} s")
+    return 0
+
+
+def cmd_smoke(args: argparse.Namespace) -> int:
+    project = args.project.resolve()
+    recipe = load_recipe(project, args.recipe)
+    target = load_target(project, args.target)
+    python = args.python or HostRunner().python(target.python)
+    result = run_smoke(script=recipe.smoke_script, dist=recipe.spec.dist, version=args.version,
+                       wheelhouse=_wheelhouse(args), python=python, requires=recipe.spec.smoke.requires,
+                       require_gpu=args.require_gpu)
+    sys.stdout.write(result.output)
+    if result.status == "passed":
+        console.print(f"[green]smoke passed[/]: {recipe.name} (installed with {result.installer} from the wheelhouse)")
+        return 0
+    if result.status == "skipped":
+        console.print(f"[yellow]smoke skipped: no CUDA device[/] ({recipe.name}); --require-gpu makes this a failure")
+        return SKIPPED
+    reason = "no CUDA device and --require-gpu given" if result.exit_code == SKIPPED else f"exit code {result.exit_code}"
+    console.print(f"[red]smoke failed[/]: {recipe.name}: {reason}")
+    return 1
+
+
+def cmd_lock(args: argparse.Namespace) -> int:
+    project = args.project.resolve()
+    workspace = Workspace.locate(args.workspace)
+    lock_path = project / "lock.toml"
+    lock = read_lock(lock_path)
+    names = args.recipes or available_recipes(project)
+    upgrade = set(args.upgrade)
+    for name in upgrade - set(names):
+        names.append(name)
+    targets = [load_target(project, t) for t in available_targets(project)]
+    recipes = {name: load_recipe(project, name) for name in names}
+    for name, recipe in recipes.items():
+        for version in recipe.spec.versions:
+            series = load_series(project, name, version)
+            previous = lock.recipes.get(name, {}).get(version)
+            with console.status(f"locking {name} {version}"):
+                entry = lock_entry(project, recipe, version, series, targets, workspace,
+                                   previous=previous, upgrade=name in upgrade)
+            lock.recipes.setdefault(name, {})[version] = entry
+            src = entry.source
+            pin = src.commit or src.sha256 or src.tree_sha256
+            console.print(f"locked {name} {version}: {src.kind} {pin}, {len(entry.patches)} patches, "
+                          f"{len(entry.build_requires)} build requirements")
+    stale = [n for n in lock.recipes if n not in available_recipes(project)]
+    for name in stale:
+        del lock.recipes[name]
+        console.print(f"dropped {name} (no such recipe)")
+    write_lock(lock_path, lock)
+    console.print(f"wrote {lock_path}")
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    house = Wheelhouse(_wheelhouse(args))
+    generation = house.regenerate_index()
+    stored = house.wheels()
+    for wheel in stored:
+        console.print(f"{wheel.filename}  sha256:{wheel.sha256[:16]}…  {wheel.size / 1e6:.1f} MB")
+    console.print(f"{len(stored)} wheels; index {house.index_url()} ({generation.name})")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .inspect import inspect_command
+
+    project = args.project.resolve()
+    target = load_target(project, args.target)
+    return inspect_command(Path(args.path), target, as_json=args.json, console=console)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="sparkforge", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"sparkforge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    build = sub.add_parser("build", help="build a recipe into the wheelhouse")
+    build.add_argument("recipe")
+    build.add_argument("--target", default=DEFAULT_TARGET)
+    build.add_argument("--version", dest="version", help="recipe version (default: the recipe's default)")
+    build.add_argument("--cuda-arch", action="append", default=[], help="extra arch, e.g. 121 or 121a (repeatable)")
+    build.add_argument("--jobs", type=int, help="compile jobs (default: min(cores, memory / recipe's memory per job))")
+    build.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    build.add_argument("--dry-run", action="store_true", help="print the full plan and do nothing")
+    build.add_argument("--allow-arch-gaps", action="store_true", help="publish even if the audit says it won't run")
+    _common(build)
+    build.set_defaults(func=cmd_build)
+
+    smoke = sub.add_parser("smoke", help="install from the wheelhouse index into a fresh venv and run smoke.py")
+    smoke.add_argument("recipe")
+    smoke.add_argument("--target", default=DEFAULT_TARGET)
+    smoke.add_argument("--version", dest="version", help="exact wheel version to install")
+    smoke.add_argument("--python", help="interpreter for the venv (default: the target's Python)")
+    smoke.add_argument("--require-gpu", action="store_true", help="no CUDA device is a failure")
+    _common(smoke)
+    smoke.set_defaults(func=cmd_smoke)
+
+    lock = sub.add_parser("lock", help="resolve recipes into lock.toml")
+    lock.add_argument("recipes", nargs="*", help="recipes to (re)lock (default: all)")
+    lock.add_argument("--upgrade", action="append", default=[], metavar="RECIPE",
+                      help="move branch refs and requirements to their newest commit/version")
+    _common(lock)
+    lock.set_defaults(func=cmd_lock)
+
+    index = sub.add_parser("index", help="regenerate the wheelhouse index and list its wheels")
+    _common(index)
+    index.set_defaults(func=cmd_index)
+
+    inspect = sub.add_parser("inspect", help="list the CUDA code in a wheel or library and judge it for a target")
+    inspect.add_argument("path")
+    inspect.add_argument("--target", default=DEFAULT_TARGET)
+    inspect.add_argument("--json", action="store_true")
+    _common(inspect)
+    inspect.set_defaults(func=cmd_inspect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.func(args))
+    except SparkforgeError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; the wheelhouse was not changed by the unfinished step", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

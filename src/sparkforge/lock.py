@@ -1,0 +1,161 @@
+"""The lock: resolved, immutable inputs per recipe version (``lock.toml``).
+
+The lock holds facts only: the commit SHA of a git source (never a branch), the
+sha256 of an archive or of a local source tree, the sha256 of every patch, the
+exact build requirements with their wheel hashes, and ``source_date_epoch``.
+``inputs_sha256`` fingerprints what the lock was resolved from (the recipe's
+source, version and requirements, and the patch series); when those change the
+entry is stale and builds refuse until ``nox -s lock`` runs again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+from pydantic import Field, ValidationError, model_validator
+
+from .errors import LockError
+from .patches import PatchSeries
+from .recipes import Recipe
+from .tomlfile import StrictModel, describe_validation_error
+
+LOCK_FORMAT = 1
+SHA1_HEX = re.compile(r"^[0-9a-f]{40}$")
+SHA256_HEX = r"^[0-9a-f]{64}$"
+
+
+class LockedSource(StrictModel):
+    kind: Literal["path", "git", "url"]
+    path: str | None = None
+    tree_sha256: str | None = Field(default=None, pattern=SHA256_HEX)
+    git: str | None = None
+    ref: str | None = None
+    commit: str | None = None
+    url: str | None = None
+    sha256: str | None = Field(default=None, pattern=SHA256_HEX)
+
+    @model_validator(mode="after")
+    def _complete(self) -> LockedSource:
+        needed = {"path": ("path", "tree_sha256"), "git": ("git", "commit"), "url": ("url", "sha256")}
+        for key in needed[self.kind]:
+            if getattr(self, key) is None:
+                raise ValueError(f"a {self.kind} source needs '{key}'")
+        if self.kind == "git" and not SHA1_HEX.match(self.commit or ""):
+            raise ValueError(
+                f"commit '{self.commit}' is not a 40-hex commit SHA (branch or tag names are "
+                "never locked)"
+            )
+        return self
+
+
+class LockedPatch(StrictModel):
+    name: str
+    sha256: str = Field(pattern=SHA256_HEX)
+
+
+class LockedRequirement(StrictModel):
+    name: str
+    version: str
+    hashes: list[str] = Field(min_length=1)
+
+    def pip_line(self) -> str:
+        hashes = " ".join(f"--hash=sha256:{h}" for h in sorted(self.hashes))
+        return f"{self.name}=={self.version} {hashes}"
+
+
+class LockEntry(StrictModel):
+    inputs_sha256: str = Field(pattern=SHA256_HEX)
+    source_date_epoch: int = Field(ge=0)
+    source: LockedSource
+    patches: list[LockedPatch] = Field(default_factory=list)
+    build_requires: list[LockedRequirement] = Field(default_factory=list)
+
+    def fingerprint(self) -> str:
+        """sha256 of the entry itself (part of the build key)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+class LockFile(StrictModel):
+    format: int
+    recipes: dict[str, dict[str, LockEntry]] = Field(default_factory=dict)
+
+
+def inputs_fingerprint(recipe: Recipe, version: str, series: PatchSeries) -> str:
+    """What a lock entry was resolved from; a change makes the entry stale."""
+    spec = recipe.spec
+    blob = {
+        "source": spec.source.model_dump(mode="json"),
+        "version": version,
+        "version_spec": spec.versions[version].model_dump(mode="json"),
+        "build_requires": spec.build.requires,
+        "patches": [(p.name, p.sha256) for p in series.patches],
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+
+
+def read_lock(path: Path) -> LockFile:
+    """Read ``lock.toml``; a missing file is an empty lock."""
+    if not path.exists():
+        return LockFile(format=LOCK_FORMAT)
+    try:
+        data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise LockError(f"{path}: malformed TOML ({exc}); run `nox -s lock` to rewrite it") from None
+    try:
+        lock = LockFile.model_validate(data)
+    except ValidationError as exc:
+        raise LockError(
+            describe_validation_error(path, exc) + "; run `nox -s lock` to rewrite it"
+        ) from None
+    if lock.format != LOCK_FORMAT:
+        raise LockError(f"{path}: key 'format': is {lock.format}, this sparkforge reads {LOCK_FORMAT}")
+    return lock
+
+
+def write_lock(path: Path, lock: LockFile) -> None:
+    """Write ``lock.toml`` atomically, keys sorted so diffs stay small."""
+    data = lock.model_dump(mode="json", exclude_none=True)
+    data["recipes"] = {
+        name: {version: data["recipes"][name][version] for version in sorted(data["recipes"][name])}
+        for name in sorted(data["recipes"])
+    }
+    header = (
+        "# Written by `sparkforge lock` (nox -s lock). Facts only: commit SHAs, sha256 of\n"
+        "# every archive, tree and patch, exact build requirements. Do not edit by hand.\n"
+    )
+    text = header + tomli_w.dumps(data)
+    fd, tmp = tempfile.mkstemp(prefix=".lock.", suffix=".toml", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def entry_for(lock: LockFile, lock_path: Path, recipe: Recipe, version: str, series: PatchSeries) -> LockEntry:
+    """The current lock entry for ``recipe``/``version``, or a LockError naming the fix."""
+    entry = lock.recipes.get(recipe.name, {}).get(version)
+    fix = f"run `nox -s lock -- {recipe.name}`"
+    if entry is None:
+        raise LockError(f"{lock_path}: no lock entry for {recipe.name} {version}; {fix}")
+    locked = {p.name: p.sha256 for p in entry.patches}
+    for patch in series.patches:
+        if locked.get(patch.name) != patch.sha256:
+            raise LockError(
+                f"{patch.path}: sha256 {patch.sha256[:12]}… differs from {lock_path} "
+                f"({(locked.get(patch.name) or 'absent')[:12]}…); review the patch, then {fix}"
+            )
+    expected = inputs_fingerprint(recipe, version, series)
+    if entry.inputs_sha256 != expected:
+        raise LockError(
+            f"{lock_path}: lock entry for {recipe.name} {version} is stale (the recipe's source, "
+            f"requirements or patches changed since it was locked); {fix}"
+        )
+    return entry

@@ -1,0 +1,114 @@
+"""Patch series: ``patches/<recipe>/<version>/series`` + numbered patches.
+
+Every patch starts with a header saying why it exists (``Why:``) and when it
+can be dropped (``Drop-when:``). Patches are checked, then applied, one at a
+time in series order; a patch that does not apply is reported with its file
+and the hunk that failed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import PatchError
+
+_HEADER_KEYS = ("why:", "drop-when:")
+_FAILED = re.compile(r"error: patch failed: (?P<file>.+):(?P<line>\d+)")
+_HUNK = re.compile(r"^@@ -(?P<start>\d+)(?:,\d+)? \+\d+(?:,\d+)? @@")
+
+
+@dataclass(frozen=True)
+class Patch:
+    name: str
+    path: Path
+    sha256: str
+    why: str
+
+
+@dataclass(frozen=True)
+class PatchSeries:
+    directory: Path
+    patches: tuple[Patch, ...]
+
+
+def _header(text: str) -> str:
+    """The part of a patch before the first diff."""
+    return re.split(r"^(?:diff --git |--- )", text, maxsplit=1, flags=re.MULTILINE)[0]
+
+
+def load_series(project: Path, recipe: str, version: str) -> PatchSeries:
+    """Read the series for a recipe version; no directory means no patches."""
+    directory = project / "patches" / recipe / version
+    series_file = directory / "series"
+    if not directory.exists():
+        return PatchSeries(directory, ())
+    if not series_file.is_file():
+        raise PatchError(f"{directory}: patch directory without a 'series' file; list the patches in order there")
+    patches = []
+    listed: set[str] = set()
+    for number, raw in enumerate(series_file.read_text(encoding="utf-8").splitlines(), start=1):
+        name = raw.split("#", 1)[0].strip()
+        if not name:
+            continue
+        path = directory / name
+        if "/" in name or not path.is_file():
+            raise PatchError(f"{series_file}:{number}: patch '{name}' not found in {directory}")
+        if name in listed:
+            raise PatchError(f"{series_file}:{number}: patch '{name}' is listed twice")
+        listed.add(name)
+        data = path.read_bytes()
+        header = _header(data.decode("utf-8", errors="replace"))
+        lowered = header.lower()
+        missing = [key for key in _HEADER_KEYS if key not in lowered]
+        if missing:
+            raise PatchError(
+                f"{path}: header lacks {' and '.join(repr(k.title()) for k in missing)}; "
+                "say why the patch exists and when it can be dropped"
+            )
+        why = next(line for line in header.splitlines() if line.lower().lstrip().startswith("why:"))
+        patches.append(Patch(name, path, hashlib.sha256(data).hexdigest(), why.split(":", 1)[1].strip()))
+    unlisted = sorted(p.name for p in directory.glob("*.patch") if p.name not in listed)
+    if unlisted:
+        raise PatchError(f"{series_file}: {unlisted[0]} is in {directory} but not in the series; list it or delete it")
+    return PatchSeries(directory, tuple(patches))
+
+
+def _failed_hunk(patch: Path, stderr: str) -> str:
+    """Name the hunk git reported as failing, e.g. ``CMakeLists.txt @@ -1042,7 +1042,8 @@``."""
+    match = _FAILED.search(stderr)
+    if not match:
+        last = stderr.strip().splitlines()[-1] if stderr.strip() else "git apply failed"
+        return last.removeprefix("error: ")
+    target, line = match["file"], int(match["line"])
+    current: str | None = None
+    for text in patch.read_text(encoding="utf-8", errors="replace").splitlines():
+        if text.startswith("+++ "):
+            current = text[4:].split("\t")[0].removeprefix("b/")
+        hunk = _HUNK.match(text)
+        if hunk and current == target and int(hunk["start"]) == line:
+            return f"hunk '{text.split('@@')[1].strip()}' in {target}"
+    return f"hunk at {target}:{line}"
+
+
+def apply_series(series: PatchSeries, tree: Path, *, label: str) -> None:
+    """Check and apply each patch in order to ``tree``; ``label`` names recipe and version."""
+    # Outside a checkout, git apply must not find an enclosing repository and apply
+    # paths relative to it; the ceiling stops the search at the tree itself.
+    env = {**os.environ, "GIT_CEILING_DIRECTORIES": str(tree.resolve().parent)}
+    for patch in series.patches:
+        base = ["git", "apply", "-p1", "--whitespace=nowarn"]
+        check = subprocess.run(
+            [*base, "--check", "--verbose", str(patch.path)],
+            cwd=tree, env=env, capture_output=True, text=True,
+        )
+        if check.returncode != 0:
+            raise PatchError(
+                f"{patch.path}: {_failed_hunk(patch.path, check.stderr)} does not apply to {label}; "
+                "refresh the patch against the locked source or drop it from the series"
+            )
+        subprocess.run([*base, str(patch.path)], cwd=tree, env=env, check=True, capture_output=True)

@@ -1,0 +1,238 @@
+"""Recipes: how to build one project (``recipes/<name>/recipe.toml``).
+
+A recipe is declarative: where the source comes from, which versions exist,
+what the build needs, the command and environment (templated from the target)
+and where the wheel lands. Template variables are checked when the recipe is
+loaded, so a typo fails before anything is fetched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from packaging.requirements import InvalidRequirement, Requirement
+from pydantic import Field, field_validator, model_validator
+
+from .archs import CudaArch, check_arch, parse_arch
+from .errors import ConfigError
+from .tomlfile import StrictModel, load_model, read_toml
+
+# Variables a recipe may use in its command, environment and wheel pattern.
+TEMPLATE_VARIABLES: dict[str, str] = {
+    "python": "the build environment's Python interpreter",
+    "jobs": "parallel compile jobs (memory-aware)",
+    "cuda_home": "CUDA toolkit root",
+    "cuda_version": "CUDA version, e.g. 13.0",
+    "cuda_nodot": "CUDA version without the dot, e.g. 130",
+    "cuda_archs": "CMAKE_CUDA_ARCHITECTURES value, e.g. 90-real;121-real",
+    "torch_cuda_arch_list": "TORCH_CUDA_ARCH_LIST value, e.g. 9.0;12.1",
+    "source_dir": "the patched source tree",
+    "build_dir": "scratch directory for this build",
+    "dist_dir": "where the build command must put its wheel",
+    "assets_dir": "verified staged assets",
+    "version": "the recipe version being built",
+    "target": "the target name",
+    "platform": "the target platform tag, e.g. linux_aarch64",
+}
+RECIPE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+
+
+def template_fields(text: str) -> list[str]:
+    """Names used as ``{name}`` in ``text`` (``{{`` escapes a brace)."""
+    try:
+        return [field for _, field, _, _ in string.Formatter().parse(text) if field is not None]
+    except ValueError as exc:
+        raise ValueError(f"malformed template ({exc})") from None
+
+
+def _check_template(text: str) -> str:
+    for field in template_fields(text):
+        if field not in TEMPLATE_VARIABLES:
+            known = ", ".join(sorted(TEMPLATE_VARIABLES))
+            raise ValueError(f"unknown template variable '{{{field}}}'; known: {known}")
+    return text
+
+
+class SourceSpec(StrictModel):
+    path: str | None = None
+    git: str | None = None
+    url: str | None = None
+    submodules: bool = False
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SourceSpec:
+        kinds = [k for k in ("path", "git", "url") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("give exactly one of 'path', 'git' or 'url'")
+        if self.submodules and self.git is None:
+            raise ValueError("'submodules' only applies to a git source")
+        if self.url is not None and "{version}" not in self.url:
+            raise ValueError("a url source must contain '{version}'")
+        return self
+
+
+class VersionSpec(StrictModel):
+    ref: str | None = None
+    default: bool = False
+
+
+class BuildSpec(StrictModel):
+    requires: list[str] = Field(default_factory=list)
+    command: list[str] = Field(min_length=1)
+    wheel: str = "{dist_dir}/*.whl"
+    env: dict[str, str] = Field(default_factory=dict)
+    cuda_archs: list[str] = Field(default_factory=list)
+    ptx: bool = False
+    local_version: str | None = None
+
+    @field_validator("requires")
+    @classmethod
+    def _requirements(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                Requirement(item)
+            except InvalidRequirement as exc:
+                raise ValueError(f"'{item}' is not a valid requirement ({exc})") from None
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _commands(cls, value: list[str]) -> list[str]:
+        for line in value:
+            _check_template(line)
+            try:
+                shlex.split(line)
+            except ValueError as exc:
+                raise ValueError(f"cannot split command {line!r} ({exc})") from None
+        return value
+
+    @field_validator("wheel", "local_version")
+    @classmethod
+    def _templated(cls, value: str | None) -> str | None:
+        return None if value is None else _check_template(value)
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, text in value.items():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                raise ValueError(f"'{key}' is not a valid environment variable name")
+            try:
+                _check_template(text)
+            except ValueError as exc:
+                raise ValueError(f"{key}: {exc}") from None
+        return value
+
+    @field_validator("cuda_archs")
+    @classmethod
+    def _archs(cls, value: list[str]) -> list[str]:
+        for item in value:
+            check_arch(item)
+        return value
+
+
+class RepairSpec(StrictModel):
+    exclude: list[str] = Field(default_factory=list)
+
+
+class SmokeSpec(StrictModel):
+    requires: list[str] = Field(default_factory=list)
+    gpu: bool = True
+
+
+class RecipeFile(StrictModel):
+    """The schema of ``recipes/<name>/recipe.toml``."""
+
+    name: str = Field(pattern=RECIPE_NAME.pattern)
+    dist: str
+    summary: str
+    memory_per_job_gb: float = Field(gt=0)
+    cuda: bool = True  # the wheel must carry CUDA device code (a CPU-only result is refused)
+    needs: list[str] = Field(default_factory=list)
+    source: SourceSpec
+    versions: dict[str, VersionSpec] = Field(min_length=1)
+    build: BuildSpec
+    repair: RepairSpec = RepairSpec()
+    smoke: SmokeSpec = SmokeSpec()
+
+    @model_validator(mode="after")
+    def _versions(self) -> RecipeFile:
+        defaults = [v for v, spec in self.versions.items() if spec.default]
+        if len(self.versions) > 1 and len(defaults) != 1:
+            raise ValueError("with several versions, exactly one must have default = true")
+        if self.source.git is not None:
+            missing = [v for v, spec in self.versions.items() if not spec.ref]
+            if missing:
+                raise ValueError(f"git source: version '{missing[0]}' needs a 'ref' (tag or commit)")
+        return self
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A validated recipe and the files it was read from."""
+
+    spec: RecipeFile
+    path: Path
+    directory: Path
+    digest: str  # sha256 of recipe.toml bytes: a changed recipe makes its lock entry stale
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def smoke_script(self) -> Path:
+        return self.directory / "smoke.py"
+
+    @property
+    def extra_archs(self) -> tuple[CudaArch, ...]:
+        where = f"{self.path}: key 'build.cuda_archs'"
+        return tuple(parse_arch(a, where=where) for a in self.spec.build.cuda_archs)
+
+    def default_version(self) -> str:
+        for version, spec in self.spec.versions.items():
+            if spec.default:
+                return version
+        return next(iter(self.spec.versions))
+
+    def version(self, requested: str | None) -> str:
+        """The version to build: the requested one (must exist) or the default."""
+        if requested is None:
+            return self.default_version()
+        if requested not in self.spec.versions:
+            known = ", ".join(self.spec.versions)
+            raise ConfigError(
+                f"{self.path}: recipe '{self.name}' has no version '{requested}'; known: {known}"
+            )
+        return requested
+
+
+def available_recipes(project: Path) -> list[str]:
+    root = project / "recipes"
+    return sorted(p.parent.name for p in root.glob("*/recipe.toml"))
+
+
+def load_recipe(project: Path, name: str) -> Recipe:
+    """Load and validate ``recipes/<name>/recipe.toml``."""
+    if not RECIPE_NAME.match(name):
+        raise ConfigError(f"'{name}' is not a valid recipe name (lowercase letters, digits, '-')")
+    directory = project / "recipes" / name
+    path = directory / "recipe.toml"
+    if not path.is_file():
+        known = ", ".join(available_recipes(project)) or "none"
+        raise ConfigError(f"no recipe '{name}' ({path} not found); known recipes: {known}")
+    data: dict[str, Any] = read_toml(path, what="recipe")
+    spec = load_model(RecipeFile, path, what="recipe", data=data)
+    if spec.name != name:
+        raise ConfigError(f"{path}: key 'name': is '{spec.name}' but the directory is '{name}'")
+    for need in spec.needs:
+        if not (project / "recipes" / need / "recipe.toml").is_file():
+            raise ConfigError(f"{path}: key 'needs': no recipe '{need}' in {project / 'recipes'}")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return Recipe(spec=spec, path=path, directory=directory, digest=digest)

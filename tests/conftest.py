@@ -1,0 +1,154 @@
+"""Shared fixtures: a scratch copy of the project, the CLI in-process, a tiny recipe."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from sparkforge.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+CliRunner = Callable[..., CliResult]
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> CliRunner:
+    """Run the sparkforge CLI in-process."""
+
+    def run(*args: str | Path) -> CliResult:
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+def copy_project(dest: Path) -> Path:
+    """targets/, recipes/, patches/, probe/ and lock.toml of this repository."""
+    for name in ("targets", "recipes", "probe"):
+        shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "build"))
+    (dest / "patches").mkdir()
+    shutil.copy2(REPO / "lock.toml", dest / "lock.toml")
+    return dest
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    return copy_project(tmp_path / "project")
+
+
+@pytest.fixture(scope="session")
+def shared_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One workspace for the session, so build environments are created once."""
+    return tmp_path_factory.mktemp("workspace")
+
+
+TINY_RECIPE = """\
+name = "tiny"
+dist = "sf-tiny"
+summary = "A pure-Python recipe that exercises the pipeline in seconds"
+memory_per_job_gb = 0.5
+cuda = false
+
+[source]
+path = "tiny-src"
+
+[versions."1.0.0"]
+default = true
+
+[build]
+requires = ["flit_core==3.12.0"]
+command = ["{python} -m pip wheel --no-build-isolation --no-deps --wheel-dir {dist_dir} {source_dir}"]
+wheel = "{dist_dir}/sf_tiny-*.whl"
+"""
+
+TINY_PYPROJECT = """\
+[build-system]
+requires = ["flit_core>=3.4"]
+build-backend = "flit_core.buildapi"
+
+[project]
+name = "sf-tiny"
+version = "1.0.0"
+description = "tiny"
+requires-python = ">=3.9"
+
+[tool.flit.module]
+name = "sf_tiny"
+"""
+
+TINY_SMOKE = """\
+import sf_tiny
+print("tiny says", sf_tiny.VALUE)
+raise SystemExit(0 if sf_tiny.VALUE == 42 else 1)
+"""
+
+
+def write_tiny(project: Path) -> Path:
+    """Add the pure-Python 'tiny' recipe and its source to ``project``."""
+    recipe = project / "recipes" / "tiny"
+    recipe.mkdir(parents=True)
+    (recipe / "recipe.toml").write_text(TINY_RECIPE)
+    (recipe / "smoke.py").write_text(TINY_SMOKE)
+    src = project / "tiny-src"
+    (src / "sf_tiny").mkdir(parents=True)
+    (src / "pyproject.toml").write_text(TINY_PYPROJECT)
+    (src / "sf_tiny" / "__init__.py").write_text('"""tiny"""\nVALUE = 42\n')
+    (src / "CHANGES.txt").write_text("line one\nline two\nline three\n")
+    return recipe
+
+
+@pytest.fixture(scope="session")
+def tiny_lock(tmp_path_factory: pytest.TempPathFactory, shared_workspace: Path) -> str:
+    """lock.toml text with the tiny recipe resolved (resolving needs PyPI once)."""
+    project = copy_project(tmp_path_factory.mktemp("tinylock"))
+    write_tiny(project)
+    assert main(["lock", "tiny", "--project", str(project), "--workspace", str(shared_workspace)]) == 0
+    return (project / "lock.toml").read_text()
+
+
+@pytest.fixture
+def tiny(project: Path, tiny_lock: str) -> Path:
+    """A project with the tiny recipe, locked."""
+    write_tiny(project)
+    (project / "lock.toml").write_text(tiny_lock)
+    return project
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every file under ``root`` with its sha256 (symlinks by target)."""
+    if not root.exists():
+        return {}
+    out: dict[str, str] = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_symlink():
+            out[rel] = "-> " + str(path.readlink())
+        elif path.is_file():
+            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def dedent(text: str) -> str:
+    return textwrap.dedent(text).lstrip()

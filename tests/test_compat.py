@@ -1,0 +1,219 @@
+"""CUDA compatibility rules: table-driven, no toolkit needed."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from sparkforge.compat import Status, audit, parse_arch, verdict
+from sparkforge.cudabin import CudaCode, Kind, LibraryReport, Variant
+from sparkforge.errors import ConfigError
+
+KINDS: dict[str, Kind] = {"sm": "sass", "compute": "ptx"}
+VARIANTS: dict[str, Variant] = {"": "", "a": "a", "f": "f"}
+
+
+def code(name: str, compressed: bool = False) -> CudaCode:
+    """Build a CudaCode from nvcc's name, e.g. ``sm_120f`` or ``compute_90``."""
+    prefix, _, arch = name.partition("_")
+    sm, variant = parse_arch(arch)
+    return CudaCode(KINDS[prefix], sm, VARIANTS[variant], compressed)
+
+
+def codes(*names: str) -> Counter[CudaCode]:
+    return Counter(code(name) for name in names)
+
+
+@pytest.mark.parametrize(
+    ("names", "target", "status", "runs"),
+    [
+        # SASS, same major
+        (["sm_121"], 121, Status.NATIVE, "sm_121"),
+        (["sm_121a"], 121, Status.NATIVE, "sm_121a"),
+        (["sm_121f"], 121, Status.NATIVE, "sm_121f"),
+        (["sm_120"], 121, Status.COMPATIBLE, "sm_120"),
+        (["sm_120f"], 121, Status.FAMILY, "sm_120f"),
+        (["sm_120a"], 121, Status.WILL_NOT_RUN, None),
+        (["sm_121"], 120, Status.WILL_NOT_RUN, None),
+        (["sm_121f"], 120, Status.WILL_NOT_RUN, None),
+        (["sm_100f"], 103, Status.FAMILY, "sm_100f"),
+        (["sm_100"], 103, Status.COMPATIBLE, "sm_100"),
+        (["sm_100a"], 103, Status.WILL_NOT_RUN, None),
+        (["sm_90"], 90, Status.NATIVE, "sm_90"),
+        (["sm_90a"], 90, Status.NATIVE, "sm_90a"),
+        (["sm_86"], 89, Status.COMPATIBLE, "sm_86"),
+        # SASS never crosses a major
+        (["sm_90"], 121, Status.WILL_NOT_RUN, None),
+        (["sm_120"], 90, Status.WILL_NOT_RUN, None),
+        (["sm_110f"], 121, Status.WILL_NOT_RUN, None),
+        # PTX
+        (["compute_120"], 121, Status.PTX_JIT, "compute_120"),
+        (["compute_90"], 121, Status.PTX_JIT, "compute_90"),
+        (["compute_120f"], 121, Status.PTX_JIT, "compute_120f"),
+        (["compute_100f"], 121, Status.WILL_NOT_RUN, None),
+        (["compute_121a"], 121, Status.PTX_JIT, "compute_121a"),
+        (["compute_120a"], 121, Status.WILL_NOT_RUN, None),
+        (["compute_121"], 120, Status.WILL_NOT_RUN, None),
+        # the best usable code wins, SASS before PTX, closest arch first
+        (["sm_90", "sm_120", "compute_120"], 121, Status.COMPATIBLE, "sm_120"),
+        (["sm_90", "sm_120a", "compute_120"], 121, Status.PTX_JIT, "compute_120"),
+        (["sm_80", "sm_86", "sm_90"], 89, Status.COMPATIBLE, "sm_86"),
+        (["sm_120", "sm_120f", "sm_121a"], 121, Status.NATIVE, "sm_121a"),
+        (["sm_121", "sm_121a"], 121, Status.NATIVE, "sm_121"),
+        (["sm_120f", "sm_120"], 121, Status.COMPATIBLE, "sm_120"),
+        (["compute_90", "compute_120"], 121, Status.PTX_JIT, "compute_120"),
+    ],
+)
+def test_verdict_rules(names: list[str], target: int, status: Status, runs: str | None) -> None:
+    result = verdict(codes(*names), target)
+    assert result.status is status
+    assert (result.runs.name if result.runs else None) == runs
+
+
+def test_no_code_is_no_cuda_code() -> None:
+    assert verdict({}, 121).status is Status.NO_CUDA_CODE
+
+
+def test_compression_does_not_matter() -> None:
+    assert verdict({code("sm_120", compressed=True): 1}, 121).status is Status.COMPATIBLE
+
+
+@pytest.mark.parametrize(
+    ("names", "target", "phrase"),
+    [
+        (["sm_120"], 121, "sm_121 runs sm_120 SASS (same major, older minor)"),
+        (["sm_121a"], 121, "sm_121 runs sm_121a SASS"),
+        (["sm_120f"], 121, "sm_121 runs sm_120f SASS (family code for 12.x)"),
+        (["compute_120"], 121, "JIT-compiles compute_120 PTX"),
+        (["sm_120a", "sm_90"], 121, "found sm_120a, sm_90): add sm_121 SASS (or sm_120 / sm_120f)"),
+        (
+            ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120a", "compute_120a", "sm_110f"],
+            121,
+            "found compute_120a, sm_120a, sm_110f, sm_100, sm_90, sm_86 and 2 more): add sm_121",
+        ),
+        (["sm_80"], 90, "add sm_90 SASS"),
+    ],
+)
+def test_explanations_name_the_arch(names: list[str], target: int, phrase: str) -> None:
+    assert phrase in verdict(codes(*names), target).explanation
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("121", (121, "")),
+        ("12.1", (121, "")),
+        ("sm_121", (121, "")),
+        ("sm_121a", (121, "a")),
+        ("121a", (121, "a")),
+        ("12.1a", (121, "a")),
+        ("120f", (120, "f")),
+        ("compute_90", (90, "")),
+        ("9.0", (90, "")),
+        ("10.3", (103, "")),
+        (" SM_100F ", (100, "f")),
+    ],
+)
+def test_parse_arch(text: str, expected: tuple[int, str]) -> None:
+    assert parse_arch(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "sm", "sm_", "12", "1210", "12.10", "sm_12.1", "121b", "12.1(2.0)", "sm_0", "x121", "1.2"],
+)
+def test_parse_arch_rejects_garbage(text: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_arch(text)
+    assert "\n" not in raised.value.message
+    assert repr(text) in raised.value.message
+
+
+def report(path: str, *fatbins: list[str]) -> LibraryReport:
+    """A LibraryReport whose containers hold the named code."""
+    containers = [codes(*names) for names in fatbins]
+    total: Counter[CudaCode] = sum(containers, Counter())
+    return LibraryReport(path, total, Counter(frozenset(c) for c in containers))
+
+
+def test_audit_is_worst_of_libraries_with_code() -> None:
+    result = audit(
+        [
+            report("pkg/_native.so", ["sm_121a"]),
+            report("pkg/_jit.so", ["compute_120"]),
+            report("pkg/libhost.so"),
+        ],
+        121,
+    )
+    statuses = [lib.verdict.status for lib in result.libraries]
+    assert statuses == [Status.NATIVE, Status.PTX_JIT, Status.NO_CUDA_CODE]
+    assert result.status is Status.PTX_JIT
+    assert result.ok
+    assert any("JIT" in warning for warning in result.libraries[1].warnings)
+
+
+def test_audit_fails_when_one_library_cannot_run() -> None:
+    result = audit([report("a.so", ["sm_121"]), report("b.so", ["sm_120a"])], 121)
+    assert result.status is Status.WILL_NOT_RUN
+    assert not result.ok
+
+
+def test_audit_family_and_compatible_are_both_ok() -> None:
+    result = audit([report("a.so", ["sm_120"]), report("b.so", ["sm_120f"])], 121)
+    assert result.status is Status.FAMILY
+    assert result.ok
+
+
+def test_audit_without_cuda_code() -> None:
+    result = audit([report("libhost.so")], 121)
+    assert result.status is Status.NO_CUDA_CODE
+    assert result.ok
+    assert audit([], 121).status is Status.NO_CUDA_CODE
+
+
+def test_audit_warns_about_containers_without_target_code() -> None:
+    """One translation unit built only for sm_120a leaves its kernels missing on sm_121."""
+    lib = report("_C.so", ["sm_120", "sm_90"], ["sm_120", "sm_90"], ["sm_120a", "sm_90a"])
+    (result,) = audit([lib], 121).libraries
+    assert result.verdict.status is Status.COMPATIBLE
+    assert result.fatbins == 3
+    assert result.fatbins_without_target_code == 1
+    assert result.warnings == (
+        "1 of 3 fatbins have nothing for sm_121 (e.g. only sm_120a, sm_90a): "
+        "their kernels fail with 'no kernel image' if called",
+    )
+
+
+def test_to_json_is_stable() -> None:
+    lib = LibraryReport(
+        "pkg/_C.so",
+        Counter({code("sm_120"): 2, code("sm_120", compressed=True): 1, code("compute_120"): 1}),
+        Counter({frozenset({code("sm_120"), code("compute_120")}): 3}),
+    )
+    assert audit([lib], 121).to_json() == {
+        "target": "sm_121",
+        "verdict": "compatible",
+        "ok": True,
+        "libraries": [
+            {
+                "path": "pkg/_C.so",
+                "verdict": "compatible",
+                "runs": "sm_120",
+                "explanation": "sm_121 runs sm_120 SASS (same major, older minor)",
+                "code": {"compute_120": 1, "sm_120": 3},
+                "fatbins": 3,
+                "fatbins_without_target_code": 0,
+                "warnings": [],
+            }
+        ],
+    }
+
+
+def test_summary_names_the_deciding_library() -> None:
+    result = audit([report("a.so", ["sm_121"]), report("b.so", ["compute_120"])], 121)
+    assert result.summary.startswith("ptx-jit: b.so: no SASS for sm_121")
+    assert result.summary.endswith("; 1 warning(s)")
+    assert (
+        audit([report("host.so")], 121).summary == "no-cuda-code: no library has CUDA device code"
+    )

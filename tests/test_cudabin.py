@@ -1,0 +1,397 @@
+"""The fatbin reader against real nvcc output, cuobjdump, and a CUDA wheel from PyPI."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import zipfile
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from elftools.elf.elffile import ELFFile
+
+from sparkforge.compat import Status, audit
+from sparkforge.cudabin import (
+    FATBIN_SECTION,
+    CudaCode,
+    read_fatbins,
+    scan_elf,
+    scan_wheel,
+)
+from sparkforge.errors import WheelError
+
+KERNEL = "__global__ void scale(float *x, float v) { x[threadIdx.x] *= v; }\n"
+
+
+def gencode(arch: str, code: str) -> list[str]:
+    return ["-gencode", f"arch={arch},code={code}"]
+
+
+# name -> (extra nvcc flags, the code the reader must find)
+LIBRARIES: dict[str, tuple[list[str], set[CudaCode]]] = {
+    # every variant, nothing compressed
+    "mixed": (
+        [
+            "-no-compress",
+            *gencode("compute_90", "sm_90"),
+            *gencode("compute_90a", "sm_90a"),
+            *gencode("compute_120", "compute_120"),
+            *gencode("compute_121a", "sm_121a"),
+            *gencode("compute_120f", "sm_120f"),
+        ],
+        {
+            CudaCode("sass", 90),
+            CudaCode("sass", 90, "a"),
+            CudaCode("ptx", 120),
+            CudaCode("sass", 121, "a"),
+            CudaCode("sass", 120, "f"),
+        },
+    ),
+    # the same, all compressed with Zstd (the default algorithm)
+    "zstd": (
+        [
+            "-Xfatbin",
+            "-compress-all",
+            *gencode("compute_90", "sm_90"),
+            *gencode("compute_90a", "sm_90a"),
+            *gencode("compute_120", "compute_120"),
+            *gencode("compute_121a", "sm_121a"),
+            *gencode("compute_120f", "sm_120f"),
+        ],
+        {
+            CudaCode("sass", 90, "", True),
+            CudaCode("sass", 90, "a", True),
+            CudaCode("ptx", 120, "", True),
+            CudaCode("sass", 121, "a", True),
+            CudaCode("sass", 120, "f", True),
+        },
+    ),
+    # PTX of each variant plus plain SASS, compressed with LZ4
+    "lz4": (
+        [
+            "-compress-mode=speed",
+            "-Xfatbin",
+            "-compress-all",
+            *gencode("compute_121", "[sm_121,compute_121]"),
+            *gencode("compute_120f", "compute_120f"),
+            *gencode("compute_121a", "compute_121a"),
+            *gencode("compute_100f", "sm_100f"),
+        ],
+        {
+            CudaCode("sass", 121, "", True),
+            CudaCode("ptx", 121, "", True),
+            CudaCode("ptx", 120, "f", True),
+            CudaCode("ptx", 121, "a", True),
+            CudaCode("sass", 100, "f", True),
+        },
+    ),
+}
+
+
+def find_nvcc() -> str | None:
+    cuda_home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
+    return shutil.which("nvcc") or shutil.which("nvcc", path=f"{cuda_home}/bin")
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Compile the LIBRARIES (in parallel) plus a host-only library; ~5 s on 2 cores."""
+    nvcc = find_nvcc()
+    if nvcc is None:
+        pytest.skip("nvcc not found (set CUDA_HOME or PATH)")
+    out = tmp_path_factory.mktemp("cudabin")
+    source = out / "kernel.cu"
+    source.write_text(KERNEL)
+    host = out / "host.c"
+    host.write_text("int answer(void) { return 42; }\n")
+    commands = {
+        name: [
+            nvcc,
+            "-shared",
+            "-Xcompiler",
+            "-fPIC",
+            "-o",
+            str(out / f"{name}.so"),
+            str(source),
+            *flags,
+        ]
+        for name, (flags, _) in LIBRARIES.items()
+    }
+    commands["host"] = ["cc", "-shared", "-fPIC", "-o", str(out / "host.so"), str(host)]
+    running = {
+        name: subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for name, argv in commands.items()
+    }
+    for name, process in running.items():
+        output, _ = process.communicate()
+        assert process.returncode == 0, f"{name}: {output}"
+    return {name: out / f"{name}.so" for name in commands}
+
+
+def scan_path(path: Path) -> dict[CudaCode, int]:
+    with path.open("rb") as file:
+        return scan_elf(file)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(LIBRARIES))
+def test_finds_exactly_what_nvcc_built(built: dict[str, Path], name: str) -> None:
+    assert set(scan_path(built[name])) == LIBRARIES[name][1]
+
+
+@pytest.mark.slow
+def test_host_only_and_non_elf_have_no_code(built: dict[str, Path]) -> None:
+    assert scan_path(built["host"]) == {}
+    assert scan_elf(io.BytesIO(b"#!/bin/sh\necho not elf\n")) == {}
+    assert scan_elf(io.BytesIO(b"")) == {}
+
+
+def fatbin_section(path: Path) -> tuple[int, int]:
+    with path.open("rb") as file:
+        section = ELFFile(file).get_section_by_name(FATBIN_SECTION)
+        assert section is not None
+        return section["sh_offset"], section["sh_size"]
+
+
+class RecordingFile(io.BytesIO):
+    """A BytesIO that remembers which byte ranges were read."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.reads: list[tuple[int, int]] = []
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        start = self.tell()
+        data = super().read(size)
+        self.reads.append((start, len(data)))
+        return data
+
+
+@pytest.mark.slow
+def test_reads_headers_not_payloads(built: dict[str, Path]) -> None:
+    """Within .nv_fatbin only container (16 B) and entry (48 B) headers are read."""
+    path = built["mixed"]
+    start, size = fatbin_section(path)
+    recording = RecordingFile(path.read_bytes())
+    code = scan_elf(recording)
+    inside = [n for offset, n in recording.reads if start <= offset < start + size]
+    containers = inside.count(16)
+    assert containers >= 1
+    assert inside == [n for n in inside if n in (16, 48)]
+    assert inside.count(48) == sum(code.values())
+    assert sum(inside) < size // 10
+
+
+def split_containers(region: bytes) -> list[bytes]:
+    """Cut a .nv_fatbin section into its containers (16-byte header: magic, ver, hsize, size)."""
+    containers = []
+    offset = 0
+    while offset < len(region):
+        _, _, header_size, size = struct.unpack_from("<IHHQ", region, offset)
+        containers.append(region[offset : offset + header_size + size])
+        offset += header_size + size
+    return containers
+
+
+@pytest.mark.slow
+def test_zero_padding_between_containers_is_skipped(built: dict[str, Path]) -> None:
+    path = built["lz4"]
+    start, size = fatbin_section(path)
+    region = path.read_bytes()[start : start + size]
+    containers = split_containers(region)
+    padded = b"\0" * 8 + (b"\0" * 24).join(containers) + b"\0" * 40
+    expected = read_fatbins(io.BytesIO(region), 0, len(region))
+    assert len(expected) == len(containers)
+    assert read_fatbins(io.BytesIO(padded), 0, len(padded)) == expected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("offset", "patch", "message"),
+    [
+        (0, b"JUNK", "no fatbin header at file offset {at:#x} in .nv_fatbin"),
+        (4, struct.pack("<H", 2), "at file offset {at:#x} has version 2"),
+        (8, struct.pack("<Q", 1 << 40), "at file offset {at:#x} runs past its section"),
+        (16 + 4, struct.pack("<I", 8), "corrupt fatbin entry header at file offset {at:#x}"),
+    ],
+)
+def test_corrupt_fatbin_is_a_wheel_error(
+    built: dict[str, Path], tmp_path: Path, offset: int, patch: bytes, message: str
+) -> None:
+    source = built["mixed"]
+    start, _ = fatbin_section(source)
+    data = bytearray(source.read_bytes())
+    data[start + offset : start + offset + len(patch)] = patch
+    broken = tmp_path / "_broken.so"
+    broken.write_bytes(bytes(data))
+    with pytest.raises(WheelError) as raised:
+        scan_wheel(broken)
+    assert raised.value.message.startswith(f"{broken}: ")
+    container_or_entry = start if offset < 16 else start + 16
+    assert message.format(at=container_or_entry) in raised.value.message
+
+
+def test_truncated_elf_is_a_wheel_error(tmp_path: Path) -> None:
+    truncated = tmp_path / "libcut.so"
+    # a valid ELF64 header whose 30 section headers would lie past the end of the file
+    ident = b"\x7fELF\x02\x01\x01" + b"\0" * 9
+    header = struct.pack("<HHIQQQIHHHHHH", 3, 62, 1, 0, 0, 4096, 0, 64, 56, 0, 64, 30, 29)
+    truncated.write_bytes(ident + header)
+    with pytest.raises(WheelError, match=r"libcut\.so: unreadable ELF file"):
+        scan_wheel(truncated)
+
+
+@pytest.mark.slow
+def test_scan_wheel_reads_elf_members_only(built: dict[str, Path], tmp_path: Path) -> None:
+    wheel = tmp_path / "pkg-1.0-cp311-cp311-linux_x86_64.whl"
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.write(built["mixed"], "pkg/_mixed.cpython-311-x86_64-linux-gnu.so")
+        archive.write(built["lz4"], "pkg/bin/kernels")  # ELF without a .so name
+        archive.write(built["host"], "pkg.libs/libhost-1a2b3c.so.1", zipfile.ZIP_STORED)
+        archive.writestr("pkg/__init__.py", "")
+        archive.writestr("pkg/data.so", "not an ELF file despite the name")
+        archive.writestr("pkg-1.0.dist-info/METADATA", "Name: pkg\nVersion: 1.0\n")
+    reports = scan_wheel(wheel)
+    assert [r.path_in_wheel for r in reports] == [
+        "pkg.libs/libhost-1a2b3c.so.1",
+        "pkg/_mixed.cpython-311-x86_64-linux-gnu.so",
+        "pkg/bin/kernels",
+    ]
+    assert reports[0].code == Counter()
+    assert reports[1].code == Counter(scan_path(built["mixed"]))
+    assert set(reports[2].code) == LIBRARIES["lz4"][1]
+    assert sum(reports[1].fatbins.values()) >= 1
+
+    result = audit(reports, 121)
+    assert [lib.verdict.status for lib in result.libraries] == [
+        Status.NO_CUDA_CODE,
+        Status.NATIVE,
+        Status.NATIVE,
+    ]
+    assert audit(reports, 90).status is Status.WILL_NOT_RUN  # lz4 has nothing for Hopper
+
+
+@pytest.mark.slow
+def test_scan_wheel_accepts_a_bare_library(built: dict[str, Path]) -> None:
+    (report,) = scan_wheel(built["zstd"])
+    assert report.path_in_wheel == "zstd.so"
+    assert set(report.code) == LIBRARIES["zstd"][1]
+
+
+def test_scan_wheel_rejects_other_files(tmp_path: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(WheelError, match="neither a wheel"):
+        scan_wheel(text)
+    with pytest.raises(WheelError, match="cannot read it"):
+        scan_wheel(tmp_path / "missing.whl")
+
+
+# --- cross-checks against NVIDIA's cuobjdump (PyPI) -------------------------------------
+
+CUOBJDUMP = "nvidia-cuda-cuobjdump==13.5.37"
+REAL_WHEEL = "nvidia-nvjpeg-cu12==12.4.0.76"
+# platform tag -> sha256 of the wheel (pinned by content; the reader does not care about the host)
+REAL_WHEEL_SHA256 = {
+    "manylinux_2_17_x86_64": "3888f10b32fbd58e80166c48e01073732d752fa5f167b7cb5b9615f1c6375a20",
+    "manylinux_2_17_aarch64": "f52c5ef7cf56e8bffac8903a59f14494017a52e4fe89d5a1d16c1e88d7bbf194",
+}
+LISTING = re.compile(r"^(ELF|PTX) file\s+\d+: .*\.(sm_\d+[af]?)\.(?:cubin|ptx)$")
+
+
+@pytest.fixture(scope="session")
+def cuobjdump(request: pytest.FixtureRequest) -> Path:
+    """cuobjdump from PyPI in a venv cached under pytest's cache directory."""
+    venv = request.config.cache.mkdir("sparkforge-cuobjdump")
+    found = sorted(venv.glob("lib/python*/site-packages/nvidia/*/bin/cuobjdump"))
+    if not found:
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run(
+            [str(venv / "bin/python"), "-m", "pip", "install", "--quiet", CUOBJDUMP], check=True
+        )
+        found = sorted(venv.glob("lib/python*/site-packages/nvidia/*/bin/cuobjdump"))
+    return found[0]
+
+
+def cuobjdump_listing(cuobjdump: Path, library: Path) -> Counter[str]:
+    """cuobjdump's ELF and PTX list as a multiset of 'ELF sm_90a' / 'PTX sm_120f'."""
+    result = subprocess.run(
+        [str(cuobjdump), "--list-elf", "--list-ptx", str(library)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    matches = [LISTING.match(line) for line in result.stdout.splitlines() if line.strip()]
+    assert all(matches), result.stdout
+    return Counter(f"{m[1]} {m[2]}" for m in matches if m)
+
+
+def as_cuobjdump(code: dict[CudaCode, int]) -> Counter[str]:
+    """Our findings in cuobjdump's words: it names family cubins without the ``f``."""
+    listed: Counter[str] = Counter()
+    for c, count in code.items():
+        if c.kind == "sass":
+            listed[f"ELF sm_{c.sm}{c.variant.replace('f', '')}"] += count
+        else:
+            listed[f"PTX sm_{c.sm}{c.variant}"] += count
+    return listed
+
+
+@pytest.mark.slow
+@pytest.mark.network
+@pytest.mark.parametrize("name", sorted(LIBRARIES))
+def test_matches_cuobjdump_on_nvcc_output(
+    built: dict[str, Path], cuobjdump: Path, name: str
+) -> None:
+    assert as_cuobjdump(scan_path(built[name])) == cuobjdump_listing(cuobjdump, built[name])
+
+
+@pytest.fixture(scope="session", params=sorted(REAL_WHEEL_SHA256))
+def real_wheel(request: pytest.FixtureRequest) -> Path:
+    """A small CUDA 12 wheel from PyPI (5 MB, LZ4-compressed cubins for sm_50..sm_121)."""
+    platform: str = request.param
+    cache = request.config.cache.mkdir("sparkforge-wheels")
+    pattern = f"nvidia_nvjpeg_cu12-12.4.0.76-*{platform.rpartition('_2_17_')[2]}.whl"
+    found = sorted(cache.glob(pattern))
+    if not found:
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--only-binary=:all:",
+                f"--platform={platform}",
+                "--python-version=3.11",
+                f"--dest={cache}",
+                REAL_WHEEL,
+            ],
+            check=True,
+        )
+        found = sorted(cache.glob(pattern))
+    assert hashlib.sha256(found[0].read_bytes()).hexdigest() == REAL_WHEEL_SHA256[platform]
+    return found[0]
+
+
+@pytest.mark.network
+def test_real_wheel_matches_cuobjdump(real_wheel: Path, cuobjdump: Path, tmp_path: Path) -> None:
+    (report,) = scan_wheel(real_wheel)
+    assert report.path_in_wheel == "nvidia/nvjpeg/lib/libnvjpeg.so.12"
+    with zipfile.ZipFile(real_wheel) as archive:
+        library = Path(archive.extract(report.path_in_wheel, tmp_path))
+    assert as_cuobjdump(dict(report.code)) == cuobjdump_listing(cuobjdump, library)
+    assert any(c.compressed for c in report.code)
+
+    for target in (121, 90):
+        result = audit([report], target)
+        assert result.status is Status.NATIVE
+        assert result.libraries[0].fatbins_without_target_code == 0

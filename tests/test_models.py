@@ -1,0 +1,93 @@
+"""Targets, recipes and arch names: validation gives one line naming file and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sparkforge.archs import CudaArch, cmake_architectures, parse_arch, torch_arch_list
+from sparkforge.errors import ConfigError
+from sparkforge.recipes import load_recipe
+from sparkforge.targets import load_target
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_shipped_targets_load() -> None:
+    spark = load_target(REPO, "dgx-spark")
+    assert (spark.platform, spark.machine, spark.python) == ("linux_aarch64", "aarch64", "3.12")
+    assert spark.cuda_archs == (CudaArch(12, 1),)
+    assert spark.manylinux == "manylinux_2_39_aarch64"
+    assert "libcuda.so*" in spark.repair_exclude and "libcudart.so*" in spark.repair_exclude
+    hopper = load_target(REPO, "hopper")
+    assert (hopper.machine, hopper.cuda_archs) == ("x86_64", (CudaArch(9, 0),))
+
+
+def test_shipped_probe_recipe_loads() -> None:
+    recipe = load_recipe(REPO, "sm121-probe")
+    assert recipe.default_version() == "0.1.0"
+    assert recipe.spec.source.path == "probe"
+    assert recipe.smoke_script.is_file()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("121", CudaArch(12, 1)),
+        ("12.1", CudaArch(12, 1)),
+        ("sm_121a", CudaArch(12, 1, "a")),
+        ("120f", CudaArch(12, 0, "f")),
+        ("90", CudaArch(9, 0)),
+        ("sm_90a", CudaArch(9, 0, "a")),
+    ],
+)
+def test_parse_arch(text: str, expected: CudaArch) -> None:
+    assert parse_arch(text, where="t") == expected
+
+
+@pytest.mark.parametrize("text", ["", "sm_", "12.x", "1234", "121z", "compute"])
+def test_parse_arch_rejects(text: str) -> None:
+    with pytest.raises(ConfigError, match="is not a CUDA architecture"):
+        parse_arch(text, where="--cuda-arch")
+
+
+def test_arch_renderings() -> None:
+    archs = (CudaArch(9, 0), CudaArch(12, 1))
+    assert cmake_architectures(archs, ptx=False) == "90-real;121-real"
+    assert cmake_architectures(archs, ptx=True) == "90-real;121"
+    assert torch_arch_list(archs, ptx=False) == "9.0;12.1"
+    assert torch_arch_list(archs, ptx=True) == "9.0;12.1+PTX"
+
+
+def _write_target(project: Path, body: str) -> None:
+    (project / "targets" / "bad.toml").write_text(body)
+
+
+GOOD_TARGET = (REPO / "targets" / "hopper.toml").read_text().replace('name = "hopper"', 'name = "bad"')
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda t: t + "\ncolour = 'red'\n", "key 'colour': unknown key"),
+        (lambda t: t.replace('python = "3.12"', "python = 3.12"), "key 'python': input should be a valid string"),
+        (lambda t: t.replace('python = "3.12"\n', ""), "key 'python': missing required key"),
+        (lambda t: t.replace('cuda_archs = ["90"]', 'cuda_archs = ["ninety"]'), "key 'cuda_archs': 'ninety' is not a CUDA architecture"),
+        (lambda t: t.replace('platform = "linux_x86_64"', 'platform = "linux_aarch64"'), "is not for platform linux_aarch64"),
+        (lambda t: t.replace('name = "bad"', 'name = "other"'), "key 'name': is 'other' but the file is named 'bad.toml'"),
+        (lambda t: t + "\n[broken\n", "malformed TOML"),
+    ],
+)
+def test_target_errors_name_file_and_key(project: Path, edit, message: str) -> None:  # type: ignore[no-untyped-def]
+    _write_target(project, edit(GOOD_TARGET))
+    with pytest.raises(ConfigError) as info:
+        load_target(project, "bad")
+    assert str(info.value).startswith(str(project / "targets" / "bad.toml"))
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_target_lists_known(project: Path) -> None:
+    with pytest.raises(ConfigError, match="no target 'nope'.*known targets: dgx-spark, hopper"):
+        load_target(project, "nope")

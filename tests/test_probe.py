@@ -1,0 +1,171 @@
+"""The probe recipe for real: nvcc for sm_90 + sm_121, auditwheel, the index,
+pip from the index, provenance, the no-op rebuild and the smoke test."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import zipfile
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from conftest import copy_project
+from sparkforge.cli import main
+from sparkforge.cudabin import scan_wheel
+from sparkforge.runners import find_python
+
+pytestmark = [pytest.mark.slow, pytest.mark.network]
+
+WHEEL = "sm121_probe-0.1.0+cu130-cp312-cp312-manylinux_2_35_x86_64.whl"
+
+
+@dataclass(frozen=True)
+class Built:
+    project: Path
+    workspace: Path
+    wheelhouse: Path
+    wheel: Path
+
+
+def _build_args(built_project: Path, workspace: Path, *extra: str) -> list[str]:
+    return ["build", "sm121-probe", "--target", "hopper", "--cuda-arch", "121",
+            "--project", str(built_project), "--workspace", str(workspace), *extra]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    project = copy_project(tmp_path_factory.mktemp("probe"))
+    workspace = tmp_path_factory.mktemp("probe-ws")
+    assert main(_build_args(project, workspace)) == 0
+    wheelhouse = project / "wheelhouse"
+    return Built(project, workspace, wheelhouse, wheelhouse / "files" / WHEEL)
+
+
+def test_wheel_holds_sm90_and_sm121_sass(built: Built) -> None:
+    assert built.wheel.is_file()
+    reports = [r for r in scan_wheel(built.wheel) if r.code]
+    assert len(reports) == 1 and re.match(r"sm121_probe/_core\..*\.so$", reports[0].path_in_wheel)
+    names = {code.name for code in reports[0].code}
+    assert {"sm_90", "sm_121"} <= names
+    assert not any(name.startswith("compute_") for name in names), "SASS only, no PTX"
+
+
+def test_wheel_bundles_no_cuda_libraries(built: Built, tmp_path: Path) -> None:
+    with zipfile.ZipFile(built.wheel) as archive:
+        names = archive.namelist()
+        assert not [n for n in names if re.search(r"lib(cuda|cudart|nvidia)[^/]*\.so", n)], names
+        so = next(n for n in names if n.endswith(".so"))
+        (tmp_path / "core.so").write_bytes(archive.read(so))
+    dynamic = subprocess.run(["readelf", "-d", str(tmp_path / "core.so")], capture_output=True, text=True).stdout
+    needed = re.findall(r"\(NEEDED\)\s+Shared library: \[(.+?)\]", dynamic)
+    assert needed and not [n for n in needed if "cuda" in n], needed
+
+
+def test_auditwheel_agrees_on_the_policy(built: Built) -> None:
+    out = subprocess.run(["auditwheel", "show", str(built.wheel)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "manylinux_2_35_x86_64" in " ".join(out.stdout.split())
+
+
+class _Anchors(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchors: list[dict[str, str | None]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self.anchors.append(dict(attrs))
+
+
+def test_index_page_carries_hashes_and_metadata(built: Built) -> None:
+    page = built.wheelhouse / "simple" / "sm121-probe" / "index.html"
+    parser = _Anchors()
+    parser.feed(page.read_text())
+    (anchor,) = parser.anchors
+    href = str(anchor["href"])
+    path, fragment = href.split("#")
+    target = (page.parent / path).resolve()
+    assert target == built.wheel.resolve()
+    assert fragment == "sha256=" + hashlib.sha256(built.wheel.read_bytes()).hexdigest()
+    metadata = built.wheel.parent / (WHEEL + ".metadata")
+    meta_hash = "sha256=" + hashlib.sha256(metadata.read_bytes()).hexdigest()
+    assert anchor["data-core-metadata"] == meta_hash == anchor["data-dist-info-metadata"]
+    assert anchor["data-requires-python"] == ">=3.9"
+
+
+def test_provenance_subject_is_the_wheel(built: Built) -> None:
+    provenance = json.loads((built.wheel.parent / (WHEEL + ".provenance.json")).read_text())
+    assert provenance["_type"] == "https://in-toto.io/Statement/v1"
+    assert provenance["subject"] == [
+        {"name": WHEEL, "digest": {"sha256": hashlib.sha256(built.wheel.read_bytes()).hexdigest()}}
+    ]
+    definition = provenance["predicate"]["buildDefinition"]
+    assert definition["externalParameters"]["cuda_archs"] == ["90", "121"]
+    assert definition["internalParameters"]["lock_entry"]["source"]["kind"] == "path"
+    assert provenance["predicate"]["runDetails"]["builder"]["version"]["nvcc"].startswith("13.0.")
+    audit = provenance["predicate"]["runDetails"]["byproducts"][1]["content"]
+    assert set(audit) == {"sm_90", "sm_121"}
+
+
+def test_pip_installs_it_by_name_from_the_index(built: Built, tmp_path: Path) -> None:
+    python = find_python("3.12")
+    venv = tmp_path / "venv"
+    subprocess.run([python, "-m", "venv", str(venv)], check=True)
+    index = (built.wheelhouse / "simple").as_uri()
+    install = subprocess.run(
+        [venv / "bin" / "python", "-m", "pip", "install", "--isolated", "--disable-pip-version-check",
+         "--index-url", index, "sm121-probe"],
+        capture_output=True, text=True,
+    )
+    assert install.returncode == 0, install.stderr
+    probe = subprocess.run(
+        [venv / "bin" / "python", "-c",
+         "import sm121_probe as p; print(p.__version__, p.built_archs(), p.device_count())"],
+        capture_output=True, text=True,
+    )
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.split(" ", 1)[0] == "0.1.0"
+    assert "90-real" in probe.stdout and "121-real" in probe.stdout
+
+
+def test_second_build_is_a_fast_noop(built: Built, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert main(_build_args(built.project, built.workspace)) == 0
+    out = capsys.readouterr().out
+    assert f"up to date: {built.wheel}" in out
+    seconds = float(re.search(r"pipeline time ([\d.]+) s", out)[1])  # type: ignore[index]
+    assert seconds < 2.0
+
+
+def test_smoke_without_gpu_is_skipped_not_passed(built: Built, capsys: pytest.CaptureFixture[str]) -> None:
+    if shutil.which("nvidia-smi"):
+        pytest.skip("this machine has a GPU; test_smoke_on_gpu covers it")
+    args = ["smoke", "sm121-probe", "--target", "hopper", "--project", str(built.project)]
+    capsys.readouterr()
+    assert main(args) == 77
+    assert "skipped: no CUDA device" in capsys.readouterr().out
+    assert main([*args, "--require-gpu"]) == 1
+    assert "smoke failed" in capsys.readouterr().out
+
+
+@pytest.mark.gpu
+def test_smoke_on_gpu(built: Built, capsys: pytest.CaptureFixture[str]) -> None:
+    if not shutil.which("nvidia-smi"):
+        pytest.skip("no CUDA device here")
+    assert main(["smoke", "sm121-probe", "--target", "hopper", "--project", str(built.project),
+                 "--require-gpu"]) == 0
+    assert "PASS" in capsys.readouterr().out
+
+
+def test_rebuild_elsewhere_gives_identical_bytes(built: Built, tmp_path: Path) -> None:
+    """Same inputs in another project and workspace path: the same wheel, bit for bit."""
+    project = copy_project(tmp_path / "elsewhere")
+    assert main(_build_args(project, tmp_path / "ws2")) == 0
+    again = project / "wheelhouse" / "files" / WHEEL
+    assert hashlib.sha256(again.read_bytes()).hexdigest() == hashlib.sha256(built.wheel.read_bytes()).hexdigest()
