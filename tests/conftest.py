@@ -43,7 +43,9 @@ def cli(capsys: pytest.CaptureFixture[str]) -> CliRunner:
 def copy_project(dest: Path) -> Path:
     """targets/, recipes/, patches/, probe/ and lock.toml of this repository."""
     for name in ("targets", "recipes", "probe"):
-        shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "build"))
+        shutil.copytree(
+            REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "build")
+        )
     (dest / "patches").mkdir()
     shutil.copy2(REPO / "lock.toml", dest / "lock.toml")
     return dest
@@ -120,7 +122,9 @@ def tiny_lock(tmp_path_factory: pytest.TempPathFactory, shared_workspace: Path) 
     """lock.toml text with the tiny recipe resolved (resolving needs PyPI once)."""
     project = copy_project(tmp_path_factory.mktemp("tinylock"))
     write_tiny(project)
-    assert main(["lock", "tiny", "--project", str(project), "--workspace", str(shared_workspace)]) == 0
+    assert (
+        main(["lock", "tiny", "--project", str(project), "--workspace", str(shared_workspace)]) == 0
+    )
     return (project / "lock.toml").read_text()
 
 
@@ -147,7 +151,9 @@ def snapshot(root: Path) -> dict[str, str]:
 
 
 def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def dedent(text: str) -> str:

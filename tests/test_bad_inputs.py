@@ -61,74 +61,121 @@ NO_HEADER = """\
 CASES: dict[str, tuple[Edit, list[str], str]] = {
     "malformed recipe TOML": (
         lambda p: _recipe(p).write_text(_recipe(p).read_text() + "\n[build\n"),
-        ["build", "tiny"], r"recipes/tiny/recipe\.toml: malformed TOML",
+        ["build", "tiny"],
+        r"recipes/tiny/recipe\.toml: malformed TOML",
     ),
     "unknown recipe key": (
         lambda p: _replace(_recipe(p), "[build]\n", "[build]\ncomand = []\n"),
-        ["build", "tiny"], r"recipe\.toml: key 'build\.comand': unknown key; remove it or check its spelling",
+        ["build", "tiny"],
+        r"recipe\.toml: key 'build\.comand': unknown key; remove it or check its spelling",
     ),
     "wrong type": (
         lambda p: _replace(_recipe(p), "memory_per_job_gb = 0.5", 'memory_per_job_gb = "lots"'),
-        ["build", "tiny"], r"recipe\.toml: key 'memory_per_job_gb': input should be a valid number",
+        ["build", "tiny"],
+        r"recipe\.toml: key 'memory_per_job_gb': input should be a valid number",
     ),
     "missing field": (
         lambda p: _replace(_recipe(p), 'dist = "sf-tiny"\n', ""),
-        ["build", "tiny"], r"recipe\.toml: key 'dist': missing required key",
+        ["build", "tiny"],
+        r"recipe\.toml: key 'dist': missing required key",
     ),
     "bad template variable": (
         lambda p: _replace(_recipe(p), "{python} -m pip", "{pyhton} -m pip"),
-        ["build", "tiny"], r"key 'build\.command': unknown template variable '\{pyhton\}'; known: ",
+        ["build", "tiny"],
+        r"key 'build\.command': unknown template variable '\{pyhton\}'; known: ",
     ),
     "missing lock entry": (
         lambda p: (p / "lock.toml").write_text("format = 1\n"),
-        ["build", "tiny"], r"lock\.toml: no lock entry for tiny 1\.0\.0; run `nox -s lock -- tiny`",
+        ["build", "tiny"],
+        r"lock\.toml: no lock entry for tiny 1\.0\.0; run `nox -s lock -- tiny`",
     ),
     "stale lock (requirements changed)": (
         lambda p: _replace(_recipe(p), "flit_core==3.12.0", "flit_core==3.11.0"),
-        ["build", "tiny"], r"lock entry for tiny 1\.0\.0 is stale .*; run `nox -s lock -- tiny`",
+        ["build", "tiny"],
+        r"lock entry for tiny 1\.0\.0 is stale .*; run `nox -s lock -- tiny`",
     ),
     "stale lock (source tree changed)": (
         lambda p: (p / "tiny-src" / "CHANGES.txt").write_text("edited\n"),
-        ["build", "tiny"], r"lock entry for tiny 1\.0\.0 is stale \(.*tiny-src changed",
+        ["build", "tiny"],
+        r"lock entry for tiny 1\.0\.0 is stale \(.*tiny-src changed",
     ),
     "lock names a branch, not a commit": (
-        lambda p: _replace(p / "lock.toml", 'kind = "path"', 'kind = "git"\ngit = "https://example.invalid/x"\ncommit = "main"'),
-        ["build", "tiny"], r"lock\.toml: key '.*source': commit 'main' is not a 40-hex commit SHA",
+        lambda p: _replace(
+            p / "lock.toml",
+            'kind = "path"',
+            'kind = "git"\ngit = "https://example.invalid/x"\ncommit = "main"',
+        ),
+        ["build", "tiny"],
+        r"lock\.toml: key '.*source': commit 'main' is not a 40-hex commit SHA",
     ),
     "patch without why/drop-when header": (
         lambda p: _add_patch(p, NO_HEADER),
-        ["build", "tiny"], r"0001-fix\.patch: header lacks 'Why:' and 'Drop-When:'",
+        ["build", "tiny"],
+        r"0001-fix\.patch: header lacks 'Why:' and 'Drop-When:'",
     ),
     "patch not listed in the series": (
-        lambda p: (_add_patch(p, BAD_HUNK), (p / "patches/tiny/1.0.0/0002-extra.patch").write_text(BAD_HUNK)),
-        ["build", "tiny"], r"series: 0002-extra\.patch is in .* but not in the series",
+        lambda p: (
+            _add_patch(p, BAD_HUNK),
+            (p / "patches/tiny/1.0.0/0002-extra.patch").write_text(BAD_HUNK),
+        ),
+        ["build", "tiny"],
+        r"series: 0002-extra\.patch is in .* but not in the series",
     ),
     "patch changed since it was locked": (
         lambda p: _add_patch(p, BAD_HUNK),
-        ["build", "tiny"], r"0001-fix\.patch: sha256 [0-9a-f]{12}… differs from .*lock\.toml",
+        ["build", "tiny"],
+        r"0001-fix\.patch: sha256 [0-9a-f]{12}… differs from .*lock\.toml",
     ),
     "no nvcc": (
         lambda p: (p / "targets" / "nocuda.toml").write_text(
-            (p / "targets" / "hopper.toml").read_text().replace('"hopper"', '"nocuda"')
-            .replace('cuda_home = "/usr/local/cuda"', 'cuda_home = "/opt/no-cuda-here"')),
-        ["build", "tiny", "--target", "nocuda"], r"nocuda\.toml: key 'cuda_home': no nvcc at /opt/no-cuda-here/bin/nvcc",
+            (p / "targets" / "hopper.toml")
+            .read_text()
+            .replace('"hopper"', '"nocuda"')
+            .replace('cuda_home = "/usr/local/cuda"', 'cuda_home = "/opt/no-cuda-here"')
+        ),
+        ["build", "tiny", "--target", "nocuda"],
+        r"nocuda\.toml: key 'cuda_home': no nvcc at /opt/no-cuda-here/bin/nvcc",
     ),
     "nvcc of another CUDA version": (
         lambda p: (p / "targets" / "cuda12.toml").write_text(
-            (p / "targets" / "hopper.toml").read_text().replace('"hopper"', '"cuda12"')
-            .replace('cuda_version = "13.0"', 'cuda_version = "12.8"')),
-        ["build", "tiny", "--target", "cuda12"], r"key 'cuda_version': target needs CUDA 12\.8 but .*nvcc is 13\.0",
+            (p / "targets" / "hopper.toml")
+            .read_text()
+            .replace('"hopper"', '"cuda12"')
+            .replace('cuda_version = "13.0"', 'cuda_version = "12.8"')
+        ),
+        ["build", "tiny", "--target", "cuda12"],
+        r"key 'cuda_version': target needs CUDA 12\.8 but .*nvcc is 13\.0",
     ),
     "host cannot build the target": (
         lambda p: None,
         ["build", "tiny", "--target", "dgx-spark"],
         r"--target dgx-spark: the host runner on this x86_64 machine cannot build linux_aarch64 wheels",
     ),
-    "unknown target": (lambda p: None, ["build", "tiny", "--target", "gb300"], r"no target 'gb300'.*known targets: dgx-spark, hopper"),
-    "unknown recipe": (lambda p: None, ["build", "pytorch"], r"no recipe 'pytorch'.*known recipes: sm121-probe, tiny"),
-    "unknown version": (lambda p: None, ["build", "tiny", "--version", "9.9"], r"recipe 'tiny' has no version '9\.9'; known: 1\.0\.0"),
-    "bad --cuda-arch": (lambda p: None, ["build", "tiny", "--cuda-arch", "sm_12x"], r"--cuda-arch: 'sm_12x' is not a CUDA architecture"),
-    "unknown option": (lambda p: None, ["build", "tiny", "--turbo"], r"unrecognized arguments: --turbo"),
+    "unknown target": (
+        lambda p: None,
+        ["build", "tiny", "--target", "gb300"],
+        r"no target 'gb300'.*known targets: dgx-spark, hopper",
+    ),
+    "unknown recipe": (
+        lambda p: None,
+        ["build", "pytorch"],
+        r"no recipe 'pytorch'.*known recipes: sm121-probe, tiny",
+    ),
+    "unknown version": (
+        lambda p: None,
+        ["build", "tiny", "--version", "9.9"],
+        r"recipe 'tiny' has no version '9\.9'; known: 1\.0\.0",
+    ),
+    "bad --cuda-arch": (
+        lambda p: None,
+        ["build", "tiny", "--cuda-arch", "sm_12x"],
+        r"--cuda-arch: 'sm_12x' is not a CUDA architecture",
+    ),
+    "unknown option": (
+        lambda p: None,
+        ["build", "tiny", "--turbo"],
+        r"unrecognized arguments: --turbo",
+    ),
 }
 
 
@@ -148,17 +195,26 @@ def test_bad_input(case: str, cli: CliRunner, tiny: Path, shared_workspace: Path
     assert snapshot(tiny / "wheelhouse") == before
 
 
-def test_patch_that_does_not_apply_names_file_and_hunk(cli: CliRunner, tiny: Path, shared_workspace: Path) -> None:
+def test_patch_that_does_not_apply_names_file_and_hunk(
+    cli: CliRunner, tiny: Path, shared_workspace: Path
+) -> None:
     _add_patch(tiny, BAD_HUNK)
     assert cli("lock", "tiny", "--project", tiny, "--workspace", shared_workspace).code == 0
-    result = cli("build", "tiny", "--target", "hopper", "--project", tiny, "--workspace", shared_workspace)
+    result = cli(
+        "build", "tiny", "--target", "hopper", "--project", tiny, "--workspace", shared_workspace
+    )
     assert result.code == 2
     line = result.err.strip()
-    assert re.search(r"0001-fix\.patch: hunk '-1,2 \+1,2' in sf_tiny/__init__\.py does not apply to tiny 1\.0\.0", line), line
+    assert re.search(
+        r"0001-fix\.patch: hunk '-1,2 \+1,2' in sf_tiny/__init__\.py does not apply to tiny 1\.0\.0",
+        line,
+    ), line
     assert not (tiny / "wheelhouse").exists()
 
 
-def test_name_clash_in_wheelhouse_is_refused(cli: CliRunner, tiny: Path, shared_workspace: Path) -> None:
+def test_name_clash_in_wheelhouse_is_refused(
+    cli: CliRunner, tiny: Path, shared_workspace: Path
+) -> None:
     common = ["--target", "hopper", "--project", tiny, "--workspace", shared_workspace]
     assert cli("build", "tiny", *common).code == 0
     before = snapshot(tiny / "wheelhouse")
@@ -166,7 +222,9 @@ def test_name_clash_in_wheelhouse_is_refused(cli: CliRunner, tiny: Path, shared_
     assert cli("lock", "tiny", "--project", tiny, "--workspace", shared_workspace).code == 0
     result = cli("build", "tiny", *common)
     assert result.code != 0
-    assert re.search(r"sf_tiny-1\.0\.0-py3-none-any\.whl already exists with different content", result.err), result.err
+    assert re.search(
+        r"sf_tiny-1\.0\.0-py3-none-any\.whl already exists with different content", result.err
+    ), result.err
     assert snapshot(tiny / "wheelhouse") == before
 
 
@@ -195,8 +253,13 @@ def _tar(source: Path, dest: Path) -> None:
         archive.add(source, arcname="sf-tiny-1.0.0")
 
 
-def test_archive_sha256_mismatch_is_refused(cli: CliRunner, tiny: Path, tmp_path: Path,
-                                            archive_server: tuple[str, Path], shared_workspace: Path) -> None:
+def test_archive_sha256_mismatch_is_refused(
+    cli: CliRunner,
+    tiny: Path,
+    tmp_path: Path,
+    archive_server: tuple[str, Path],
+    shared_workspace: Path,
+) -> None:
     url, served = archive_server
     _tar(tiny / "tiny-src", served / "sf-tiny-1.0.0.tar.gz")
     _replace(_recipe(tiny), 'path = "tiny-src"', f'url = "{url}/sf-tiny-{{version}}.tar.gz"')
@@ -212,6 +275,9 @@ def test_archive_sha256_mismatch_is_refused(cli: CliRunner, tiny: Path, tmp_path
     shutil.rmtree(workspace / "downloads")
     result = cli("build", "tiny", *common, "--force")
     assert result.code == 2
-    assert re.search(r"sha256 mismatch for http://127\.0\.0\.1:\d+/sf-tiny-1\.0\.0\.tar\.gz: lock says [0-9a-f]{64}, got [0-9a-f]{64}", result.err), result.err
+    assert re.search(
+        r"sha256 mismatch for http://127\.0\.0\.1:\d+/sf-tiny-1\.0\.0\.tar\.gz: lock says [0-9a-f]{64}, got [0-9a-f]{64}",
+        result.err,
+    ), result.err
     assert snapshot(tiny / "wheelhouse") == before
     assert not list((workspace / "downloads").rglob("*.tar.gz")), "the bad download is not kept"

@@ -6,9 +6,9 @@ from collections import Counter
 
 import pytest
 
-from sparkforge.compat import Status, audit, parse_arch, verdict
+from sparkforge.archs import parse_arch
+from sparkforge.compat import Status, audit, verdict
 from sparkforge.cudabin import CudaCode, Kind, LibraryReport, Variant
-from sparkforge.errors import ConfigError
 
 KINDS: dict[str, Kind] = {"sm": "sass", "compute": "ptx"}
 VARIANTS: dict[str, Variant] = {"": "", "a": "a", "f": "f"}
@@ -17,8 +17,8 @@ VARIANTS: dict[str, Variant] = {"": "", "a": "a", "f": "f"}
 def code(name: str, compressed: bool = False) -> CudaCode:
     """Build a CudaCode from nvcc's name, e.g. ``sm_120f`` or ``compute_90``."""
     prefix, _, arch = name.partition("_")
-    sm, variant = parse_arch(arch)
-    return CudaCode(KINDS[prefix], sm, VARIANTS[variant], compressed)
+    parsed = parse_arch(arch, where="test")
+    return CudaCode(KINDS[prefix], parsed.sm, VARIANTS[parsed.variant], compressed)
 
 
 def codes(*names: str) -> Counter[CudaCode]:
@@ -97,37 +97,6 @@ def test_compression_does_not_matter() -> None:
 )
 def test_explanations_name_the_arch(names: list[str], target: int, phrase: str) -> None:
     assert phrase in verdict(codes(*names), target).explanation
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("121", (121, "")),
-        ("12.1", (121, "")),
-        ("sm_121", (121, "")),
-        ("sm_121a", (121, "a")),
-        ("121a", (121, "a")),
-        ("12.1a", (121, "a")),
-        ("120f", (120, "f")),
-        ("compute_90", (90, "")),
-        ("9.0", (90, "")),
-        ("10.3", (103, "")),
-        (" SM_100F ", (100, "f")),
-    ],
-)
-def test_parse_arch(text: str, expected: tuple[int, str]) -> None:
-    assert parse_arch(text) == expected
-
-
-@pytest.mark.parametrize(
-    "text",
-    ["", "sm", "sm_", "12", "1210", "12.10", "sm_12.1", "121b", "12.1(2.0)", "sm_0", "x121", "1.2"],
-)
-def test_parse_arch_rejects_garbage(text: str) -> None:
-    with pytest.raises(ConfigError) as raised:
-        parse_arch(text)
-    assert "\n" not in raised.value.message
-    assert repr(text) in raised.value.message
 
 
 def report(path: str, *fatbins: list[str]) -> LibraryReport:

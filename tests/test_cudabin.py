@@ -298,10 +298,10 @@ def test_scan_wheel_rejects_other_files(tmp_path: Path) -> None:
 
 CUOBJDUMP = "nvidia-cuda-cuobjdump==13.5.37"
 REAL_WHEEL = "nvidia-nvjpeg-cu12==12.4.0.76"
-# platform tag -> sha256 of the wheel (pinned by content; the reader does not care about the host)
+# machine -> sha256 of its manylinux_2_17 wheel (pinned by content; the reader ignores the host)
 REAL_WHEEL_SHA256 = {
-    "manylinux_2_17_x86_64": "3888f10b32fbd58e80166c48e01073732d752fa5f167b7cb5b9615f1c6375a20",
-    "manylinux_2_17_aarch64": "f52c5ef7cf56e8bffac8903a59f14494017a52e4fe89d5a1d16c1e88d7bbf194",
+    "x86_64": "3888f10b32fbd58e80166c48e01073732d752fa5f167b7cb5b9615f1c6375a20",
+    "aarch64": "f52c5ef7cf56e8bffac8903a59f14494017a52e4fe89d5a1d16c1e88d7bbf194",
 }
 LISTING = re.compile(r"^(ELF|PTX) file\s+\d+: .*\.(sm_\d+[af]?)\.(?:cubin|ptx)$")
 
@@ -356,9 +356,9 @@ def test_matches_cuobjdump_on_nvcc_output(
 @pytest.fixture(scope="session", params=sorted(REAL_WHEEL_SHA256))
 def real_wheel(request: pytest.FixtureRequest) -> Path:
     """A small CUDA 12 wheel from PyPI (5 MB, LZ4-compressed cubins for sm_50..sm_121)."""
-    platform: str = request.param
+    machine: str = request.param
     cache = request.config.cache.mkdir("sparkforge-wheels")
-    pattern = f"nvidia_nvjpeg_cu12-12.4.0.76-*{platform.rpartition('_2_17_')[2]}.whl"
+    pattern = f"nvidia_nvjpeg_cu12-12.4.0.76-*_{machine}.whl"
     found = sorted(cache.glob(pattern))
     if not found:
         subprocess.run(
@@ -370,7 +370,7 @@ def real_wheel(request: pytest.FixtureRequest) -> Path:
                 "--quiet",
                 "--no-deps",
                 "--only-binary=:all:",
-                f"--platform={platform}",
+                f"--platform=manylinux_2_17_{machine}",
                 "--python-version=3.11",
                 f"--dest={cache}",
                 REAL_WHEEL,
@@ -378,7 +378,7 @@ def real_wheel(request: pytest.FixtureRequest) -> Path:
             check=True,
         )
         found = sorted(cache.glob(pattern))
-    assert hashlib.sha256(found[0].read_bytes()).hexdigest() == REAL_WHEEL_SHA256[platform]
+    assert hashlib.sha256(found[0].read_bytes()).hexdigest() == REAL_WHEEL_SHA256[machine]
     return found[0]
 
 

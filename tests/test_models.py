@@ -34,22 +34,33 @@ def test_shipped_probe_recipe_loads() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("121", CudaArch(12, 1)),
-        ("12.1", CudaArch(12, 1)),
-        ("sm_121a", CudaArch(12, 1, "a")),
-        ("120f", CudaArch(12, 0, "f")),
-        ("90", CudaArch(9, 0)),
-        ("sm_90a", CudaArch(9, 0, "a")),
+        ("121", (121, "")),
+        ("12.1", (121, "")),
+        ("sm_121", (121, "")),
+        ("sm_121a", (121, "a")),
+        ("121a", (121, "a")),
+        ("12.1a", (121, "a")),
+        ("120f", (120, "f")),
+        ("compute_90", (90, "")),
+        ("9.0", (90, "")),
+        ("10.3", (103, "")),
+        (" SM_100F ", (100, "f")),
     ],
 )
-def test_parse_arch(text: str, expected: CudaArch) -> None:
-    assert parse_arch(text, where="t") == expected
+def test_parse_arch(text: str, expected: tuple[int, str]) -> None:
+    arch = parse_arch(text, where="--cuda-arch")
+    assert (arch.sm, arch.variant) == expected
 
 
-@pytest.mark.parametrize("text", ["", "sm_", "12.x", "1234", "121z", "compute"])
-def test_parse_arch_rejects(text: str) -> None:
-    with pytest.raises(ConfigError, match="is not a CUDA architecture"):
+@pytest.mark.parametrize(
+    "text",
+    ["", "sm", "sm_", "12", "1210", "12.10", "sm_12.1", "121b", "12.1(2.0)", "sm_0", "x121", "1.2"],
+)
+def test_parse_arch_rejects_garbage(text: str) -> None:
+    with pytest.raises(ConfigError) as raised:
         parse_arch(text, where="--cuda-arch")
+    assert "\n" not in raised.value.message
+    assert raised.value.message.startswith(f"--cuda-arch: '{text}' is not a CUDA architecture")
 
 
 def test_arch_renderings() -> None:
@@ -64,18 +75,32 @@ def _write_target(project: Path, body: str) -> None:
     (project / "targets" / "bad.toml").write_text(body)
 
 
-GOOD_TARGET = (REPO / "targets" / "hopper.toml").read_text().replace('name = "hopper"', 'name = "bad"')
+GOOD_TARGET = (
+    (REPO / "targets" / "hopper.toml").read_text().replace('name = "hopper"', 'name = "bad"')
+)
 
 
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
         (lambda t: t + "\ncolour = 'red'\n", "key 'colour': unknown key"),
-        (lambda t: t.replace('python = "3.12"', "python = 3.12"), "key 'python': input should be a valid string"),
+        (
+            lambda t: t.replace('python = "3.12"', "python = 3.12"),
+            "key 'python': input should be a valid string",
+        ),
         (lambda t: t.replace('python = "3.12"\n', ""), "key 'python': missing required key"),
-        (lambda t: t.replace('cuda_archs = ["90"]', 'cuda_archs = ["ninety"]'), "key 'cuda_archs': 'ninety' is not a CUDA architecture"),
-        (lambda t: t.replace('platform = "linux_x86_64"', 'platform = "linux_aarch64"'), "is not for platform linux_aarch64"),
-        (lambda t: t.replace('name = "bad"', 'name = "other"'), "key 'name': is 'other' but the file is named 'bad.toml'"),
+        (
+            lambda t: t.replace('cuda_archs = ["90"]', 'cuda_archs = ["ninety"]'),
+            "key 'cuda_archs': 'ninety' is not a CUDA architecture",
+        ),
+        (
+            lambda t: t.replace('platform = "linux_x86_64"', 'platform = "linux_aarch64"'),
+            "is not for platform linux_aarch64",
+        ),
+        (
+            lambda t: t.replace('name = "bad"', 'name = "other"'),
+            "key 'name': is 'other' but the file is named 'bad.toml'",
+        ),
         (lambda t: t + "\n[broken\n", "malformed TOML"),
     ],
 )
@@ -89,5 +114,5 @@ def test_target_errors_name_file_and_key(project: Path, edit, message: str) -> N
 
 
 def test_unknown_target_lists_known(project: Path) -> None:
-    with pytest.raises(ConfigError, match="no target 'nope'.*known targets: dgx-spark, hopper"):
+    with pytest.raises(ConfigError, match=r"no target 'nope'.*known targets: dgx-spark, hopper"):
         load_target(project, "nope")

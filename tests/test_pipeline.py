@@ -31,10 +31,22 @@ Drop-when: never; this is a test fixture.
 
 
 def _build(cli: CliRunner, project: Path, workspace: Path, *extra: str):  # type: ignore[no-untyped-def]
-    return cli("build", "tiny", "--target", "hopper", "--project", project, "--workspace", workspace, *extra)
+    return cli(
+        "build",
+        "tiny",
+        "--target",
+        "hopper",
+        "--project",
+        project,
+        "--workspace",
+        workspace,
+        *extra,
+    )
 
 
-def test_dry_run_prints_the_plan_and_does_nothing(cli: CliRunner, tiny: Path, shared_workspace: Path) -> None:
+def test_dry_run_prints_the_plan_and_does_nothing(
+    cli: CliRunner, tiny: Path, shared_workspace: Path
+) -> None:
     result = _build(cli, tiny, shared_workspace, "--dry-run")
     assert result.code == 0, result.err
     plan = json.loads(result.out)
@@ -42,19 +54,26 @@ def test_dry_run_prints_the_plan_and_does_nothing(cli: CliRunner, tiny: Path, sh
     assert plan["source"]["kind"] == "path" and len(plan["source"]["tree_sha256"]) == 64
     assert plan["environment"]["SOURCE_DATE_EPOCH"] == str(plan["source_date_epoch"])
     assert plan["environment"]["MAX_JOBS"] == str(plan["jobs"])
-    assert plan["commands"][0].endswith(f"--wheel-dir {plan['build_dir']}/dist {plan['build_dir']}/src")
+    assert plan["commands"][0].endswith(
+        f"--wheel-dir {plan['build_dir']}/dist {plan['build_dir']}/src"
+    )
     assert plan["build_requires"] == ["flit-core==3.12.0"]
     assert not (tiny / "wheelhouse").exists()
 
 
-def test_build_publishes_indexes_and_is_then_a_noop(cli: CliRunner, tiny: Path, shared_workspace: Path) -> None:
+def test_build_publishes_indexes_and_is_then_a_noop(
+    cli: CliRunner, tiny: Path, shared_workspace: Path
+) -> None:
     first = _build(cli, tiny, shared_workspace)
     assert first.code == 0, first.out + first.err
     files = sorted((tiny / "wheelhouse" / "files").iterdir())
     wheel = next(p for p in files if p.suffix == ".whl")
     assert wheel.name == "sf_tiny-1.0.0-py3-none-any.whl"
     provenance = json.loads((wheel.parent / (wheel.name + ".provenance.json")).read_text())
-    assert provenance["subject"][0]["digest"]["sha256"] == hashlib.sha256(wheel.read_bytes()).hexdigest()
+    assert (
+        provenance["subject"][0]["digest"]["sha256"]
+        == hashlib.sha256(wheel.read_bytes()).hexdigest()
+    )
     assert provenance["predicateType"] == "https://slsa.dev/provenance/v1"
     page = (tiny / "wheelhouse" / "simple" / "sf-tiny" / "index.html").read_text()
     assert f"{wheel.name}#sha256=" in page and "data-core-metadata" in page
@@ -89,14 +108,18 @@ def test_patch_series_is_applied(cli: CliRunner, tiny: Path, shared_workspace: P
         assert b"VALUE = 42  # patched" in archive.read("sf_tiny/__init__.py")
 
 
-def test_smoke_installs_from_the_index_by_name(cli: CliRunner, tiny: Path, shared_workspace: Path) -> None:
+def test_smoke_installs_from_the_index_by_name(
+    cli: CliRunner, tiny: Path, shared_workspace: Path
+) -> None:
     assert _build(cli, tiny, shared_workspace).code == 0
     result = cli("smoke", "tiny", "--target", "hopper", "--project", tiny)
     assert result.code == 0, result.out + result.err
     assert "tiny says 42" in result.out and "smoke passed" in result.out
 
 
-def test_lock_pins_git_sources_by_commit(cli: CliRunner, tiny: Path, shared_workspace: Path, tmp_path: Path) -> None:
+def test_lock_pins_git_sources_by_commit(
+    cli: CliRunner, tiny: Path, shared_workspace: Path, tmp_path: Path
+) -> None:
     upstream = tmp_path / "upstream"
     (upstream / "sf_tiny").mkdir(parents=True)
     for name in ("pyproject.toml", "sf_tiny/__init__.py", "CHANGES.txt"):
@@ -116,8 +139,13 @@ def test_lock_pins_git_sources_by_commit(cli: CliRunner, tiny: Path, shared_work
     git(upstream, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-am", "two")
     second = git(upstream, "rev-parse", "HEAD")
     assert cli("lock", "tiny", "--project", tiny, "--workspace", shared_workspace).code == 0
-    assert f'commit = "{first}"' in (tiny / "lock.toml").read_text(), "a plain lock keeps the pinned commit"
-    assert cli("lock", "--upgrade", "tiny", "--project", tiny, "--workspace", shared_workspace).code == 0
+    assert f'commit = "{first}"' in (tiny / "lock.toml").read_text(), (
+        "a plain lock keeps the pinned commit"
+    )
+    assert (
+        cli("lock", "--upgrade", "tiny", "--project", tiny, "--workspace", shared_workspace).code
+        == 0
+    )
     assert f'commit = "{second}"' in (tiny / "lock.toml").read_text()
 
     result = _build(cli, tiny, shared_workspace)
@@ -128,5 +156,7 @@ def test_lock_pins_git_sources_by_commit(cli: CliRunner, tiny: Path, shared_work
 
 
 def test_installed_cli_entry_point_works(tiny: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "sparkforge.cli", "--version"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "sparkforge.cli", "--version"], capture_output=True, text=True
+    )
     assert out.returncode == 0 and out.stdout.startswith("sparkforge ")

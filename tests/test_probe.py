@@ -12,6 +12,7 @@ import zipfile
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import unquote, urljoin, urlparse
 
 import pytest
 
@@ -34,8 +35,19 @@ class Built:
 
 
 def _build_args(built_project: Path, workspace: Path, *extra: str) -> list[str]:
-    return ["build", "sm121-probe", "--target", "hopper", "--cuda-arch", "121",
-            "--project", str(built_project), "--workspace", str(workspace), *extra]
+    return [
+        "build",
+        "sm121-probe",
+        "--target",
+        "hopper",
+        "--cuda-arch",
+        "121",
+        "--project",
+        str(built_project),
+        "--workspace",
+        str(workspace),
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +74,9 @@ def test_wheel_bundles_no_cuda_libraries(built: Built, tmp_path: Path) -> None:
         assert not [n for n in names if re.search(r"lib(cuda|cudart|nvidia)[^/]*\.so", n)], names
         so = next(n for n in names if n.endswith(".so"))
         (tmp_path / "core.so").write_bytes(archive.read(so))
-    dynamic = subprocess.run(["readelf", "-d", str(tmp_path / "core.so")], capture_output=True, text=True).stdout
+    dynamic = subprocess.run(
+        ["readelf", "-d", str(tmp_path / "core.so")], capture_output=True, text=True
+    ).stdout
     needed = re.findall(r"\(NEEDED\)\s+Shared library: \[(.+?)\]", dynamic)
     assert needed and not [n for n in needed if "cuda" in n], needed
 
@@ -90,8 +104,9 @@ def test_index_page_carries_hashes_and_metadata(built: Built) -> None:
     (anchor,) = parser.anchors
     href = str(anchor["href"])
     path, fragment = href.split("#")
-    target = (page.parent / path).resolve()
-    assert target == built.wheel.resolve()
+    # Resolved as a client does: as a URL below simple/<project>/, not through the symlink.
+    url = urljoin((built.wheelhouse / "simple" / "sm121-probe").as_uri() + "/", path)
+    assert Path(unquote(urlparse(url).path)) == built.wheel
     assert fragment == "sha256=" + hashlib.sha256(built.wheel.read_bytes()).hexdigest()
     metadata = built.wheel.parent / (WHEEL + ".metadata")
     meta_hash = "sha256=" + hashlib.sha256(metadata.read_bytes()).hexdigest()
@@ -119,15 +134,29 @@ def test_pip_installs_it_by_name_from_the_index(built: Built, tmp_path: Path) ->
     subprocess.run([python, "-m", "venv", str(venv)], check=True)
     index = (built.wheelhouse / "simple").as_uri()
     install = subprocess.run(
-        [venv / "bin" / "python", "-m", "pip", "install", "--isolated", "--disable-pip-version-check",
-         "--index-url", index, "sm121-probe"],
-        capture_output=True, text=True,
+        [
+            venv / "bin" / "python",
+            "-m",
+            "pip",
+            "install",
+            "--isolated",
+            "--disable-pip-version-check",
+            "--index-url",
+            index,
+            "sm121-probe",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert install.returncode == 0, install.stderr
     probe = subprocess.run(
-        [venv / "bin" / "python", "-c",
-         "import sm121_probe as p; print(p.__version__, p.built_archs(), p.device_count())"],
-        capture_output=True, text=True,
+        [
+            venv / "bin" / "python",
+            "-c",
+            "import sm121_probe as p; print(p.__version__, p.built_archs(), p.device_count())",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert probe.returncode == 0, probe.stderr
     assert probe.stdout.split(" ", 1)[0] == "0.1.0"
@@ -143,7 +172,9 @@ def test_second_build_is_a_fast_noop(built: Built, capsys: pytest.CaptureFixture
     assert seconds < 2.0
 
 
-def test_smoke_without_gpu_is_skipped_not_passed(built: Built, capsys: pytest.CaptureFixture[str]) -> None:
+def test_smoke_without_gpu_is_skipped_not_passed(
+    built: Built, capsys: pytest.CaptureFixture[str]
+) -> None:
     if shutil.which("nvidia-smi"):
         pytest.skip("this machine has a GPU; test_smoke_on_gpu covers it")
     args = ["smoke", "sm121-probe", "--target", "hopper", "--project", str(built.project)]
@@ -158,8 +189,20 @@ def test_smoke_without_gpu_is_skipped_not_passed(built: Built, capsys: pytest.Ca
 def test_smoke_on_gpu(built: Built, capsys: pytest.CaptureFixture[str]) -> None:
     if not shutil.which("nvidia-smi"):
         pytest.skip("no CUDA device here")
-    assert main(["smoke", "sm121-probe", "--target", "hopper", "--project", str(built.project),
-                 "--require-gpu"]) == 0
+    assert (
+        main(
+            [
+                "smoke",
+                "sm121-probe",
+                "--target",
+                "hopper",
+                "--project",
+                str(built.project),
+                "--require-gpu",
+            ]
+        )
+        == 0
+    )
     assert "PASS" in capsys.readouterr().out
 
 
@@ -168,4 +211,32 @@ def test_rebuild_elsewhere_gives_identical_bytes(built: Built, tmp_path: Path) -
     project = copy_project(tmp_path / "elsewhere")
     assert main(_build_args(project, tmp_path / "ws2")) == 0
     again = project / "wheelhouse" / "files" / WHEEL
-    assert hashlib.sha256(again.read_bytes()).hexdigest() == hashlib.sha256(built.wheel.read_bytes()).hexdigest()
+    assert (
+        hashlib.sha256(again.read_bytes()).hexdigest()
+        == hashlib.sha256(built.wheel.read_bytes()).hexdigest()
+    )
+
+
+def test_inspect_judges_the_wheel_for_each_target(
+    built: Built, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    for target, arch in (("dgx-spark", "sm_121"), ("hopper", "sm_90")):
+        assert (
+            main(
+                [
+                    "inspect",
+                    str(built.wheel),
+                    "--target",
+                    target,
+                    "--json",
+                    "--project",
+                    str(built.project),
+                ]
+            )
+            == 0
+        )
+        report = json.loads(capsys.readouterr().out)
+        assert report["ok"] is True
+        assert report["audits"][arch]["verdict"] == "native"
+        assert report["audits"][arch]["libraries"][0]["runs"] == arch

@@ -13,7 +13,12 @@ from dataclasses import dataclass
 
 from .errors import ConfigError
 
-_ARCH = re.compile(r"^(?:sm_|compute_)?(\d{1,2})\.?(\d)([af]?)$")
+# "121" / "sm_121a" / "compute_120f" (SM number) or "12.1" / "12.1a" (major.minor).
+# CC 1.x is left out so that "12" is an error, not a guess at sm_12.
+_ARCH = re.compile(
+    r"(?:(?:sm_|compute_)?(?P<sm>[2-9]\d|[1-9]\d\d)|(?P<major>[2-9]|[1-9]\d)\.(?P<minor>\d))"
+    r"(?P<variant>[af]?)"
+)
 
 
 @dataclass(frozen=True, order=True)
@@ -46,14 +51,15 @@ class CudaArch:
 
 def parse_arch(text: str, *, where: str) -> CudaArch:
     """Parse ``121``, ``12.1``, ``sm_121a``, ``120f``; ``where`` names the file/key or flag."""
-    match = _ARCH.match(text.strip().lower())
+    match = _ARCH.fullmatch(text.strip().lower())
     if not match:
         raise ConfigError(
             f"{where}: '{text}' is not a CUDA architecture; write e.g. '121', '121a', '120f' or '12.1'"
         )
-    # "90" is 9.0 and "121" is 12.1: the last digit is always the minor.
-    major_text, minor_text, variant = match.groups()
-    return CudaArch(int(major_text), int(minor_text), variant)
+    if match["sm"] is not None:  # "90" is 9.0 and "121" is 12.1: the last digit is the minor
+        sm = int(match["sm"])
+        return CudaArch(sm // 10, sm % 10, match["variant"])
+    return CudaArch(int(match["major"]), int(match["minor"]), match["variant"])
 
 
 def check_arch(text: str) -> str:

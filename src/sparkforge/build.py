@@ -26,6 +26,7 @@ from rich.console import Console
 from . import __version__, compat, cudabin, wheels
 from .archs import CudaArch, cmake_architectures, merge_archs, torch_arch_list
 from .buildenv import build_env, env_path
+from .digest import sha256_file
 from .errors import BuildError, LockError, WheelError
 from .index import StoredWheel, Wheelhouse
 from .lock import LockEntry, entry_for, read_lock
@@ -34,7 +35,6 @@ from .progress import BuildLog
 from .provenance import statement
 from .recipes import Recipe, load_recipe
 from .runners import Runner
-from .digest import sha256_file
 from .sources import materialize, tree_sha256
 from .targets import Target, load_target
 from .workspace import Workspace
@@ -97,7 +97,9 @@ class BuildPlan:
             "cuda_archs": [a.cmake for a in self.archs],
             "source": src.model_dump(mode="json", exclude_none=True),
             "source_date_epoch": self.lock.source_date_epoch,
-            "patches": [{"name": p.name, "sha256": p.sha256, "why": p.why} for p in self.series.patches],
+            "patches": [
+                {"name": p.name, "sha256": p.sha256, "why": p.why} for p in self.series.patches
+            ],
             "build_requires": [f"{r.name}=={r.version}" for r in self.lock.build_requires],
             "jobs": self.jobs,
             "build_key": self.build_key,
@@ -136,13 +138,25 @@ def _key(data: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
-def _environment(target: Target, plan_values: dict[str, str], recipe: Recipe, epoch: int, workspace: Workspace) -> dict[str, str]:
+def _environment(
+    target: Target, plan_values: dict[str, str], recipe: Recipe, epoch: int, workspace: Workspace
+) -> dict[str, str]:
     """The whole environment of the build commands: nothing leaks in from the caller."""
     build_dir = plan_values["build_dir"]
     prefix_map = f"-ffile-prefix-map={build_dir}={MAPPED_BUILD_DIR}"
     env = {
-        "PATH": os.pathsep.join([str(Path(plan_values["python"]).parent), f"{target.cuda_home}/bin",
-                                 "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]),
+        "PATH": os.pathsep.join(
+            [
+                str(Path(plan_values["python"]).parent),
+                f"{target.cuda_home}/bin",
+                "/usr/local/sbin",
+                "/usr/local/bin",
+                "/usr/sbin",
+                "/usr/bin",
+                "/sbin",
+                "/bin",
+            ]
+        ),
         "HOME": f"{build_dir}/home",
         "TMPDIR": f"{build_dir}/tmp",
         "LANG": "C.UTF-8",
@@ -163,21 +177,30 @@ def _environment(target: Target, plan_values: dict[str, str], recipe: Recipe, ep
         "CUDAFLAGS": f"-Xcompiler={prefix_map}",
     }
     if shutil.which("ccache"):
-        env.update({
-            "CCACHE_DIR": str(workspace.ccache),
-            "CCACHE_BASEDIR": build_dir,
-            "CCACHE_NOHASHDIR": "1",
-            "CMAKE_C_COMPILER_LAUNCHER": "ccache",
-            "CMAKE_CXX_COMPILER_LAUNCHER": "ccache",
-            "CMAKE_CUDA_COMPILER_LAUNCHER": "ccache",
-        })
+        env.update(
+            {
+                "CCACHE_DIR": str(workspace.ccache),
+                "CCACHE_BASEDIR": build_dir,
+                "CCACHE_NOHASHDIR": "1",
+                "CMAKE_C_COMPILER_LAUNCHER": "ccache",
+                "CMAKE_CXX_COMPILER_LAUNCHER": "ccache",
+                "CMAKE_CUDA_COMPILER_LAUNCHER": "ccache",
+            }
+        )
     for name, value in recipe.spec.build.env.items():
         env[name] = value.format_map(plan_values)
     return env
 
 
-def plan(project: Path, recipe_name: str, target_name: str, runner: Runner, workspace: Workspace,
-         wheelhouse: Path, options: BuildOptions) -> BuildPlan:
+def plan(
+    project: Path,
+    recipe_name: str,
+    target_name: str,
+    runner: Runner,
+    workspace: Workspace,
+    wheelhouse: Path,
+    options: BuildOptions,
+) -> BuildPlan:
     """Everything a build will do, decided up front; refuses a missing or stale lock."""
     recipe = load_recipe(project, recipe_name)
     target = load_target(project, target_name)
@@ -198,15 +221,17 @@ def plan(project: Path, recipe_name: str, target_name: str, runner: Runner, work
     identity = runner.identity(target)
     python_version = identity["python"]
     local = recipe.spec.build.local_version
-    key = _key({
-        "sparkforge": __version__,
-        "recipe": recipe.digest,
-        "version": version,
-        "lock": entry.fingerprint(),
-        "target": target.identity(),
-        "runner": identity,
-        "archs": [a.cmake for a in archs],
-    })
+    key = _key(
+        {
+            "sparkforge": __version__,
+            "recipe": recipe.digest,
+            "version": version,
+            "lock": entry.fingerprint(),
+            "target": target.identity(),
+            "runner": identity,
+            "archs": [a.cmake for a in archs],
+        }
+    )
     build_dir = workspace.builds / key[:16]
     env_dir = env_path(python_version, entry.build_requires, workspace.envs)
     values = {
@@ -226,19 +251,36 @@ def plan(project: Path, recipe_name: str, target_name: str, runner: Runner, work
         "platform": target.platform,
     }
     commands = tuple(
-        tuple(token.format_map(values) for token in shlex.split(line)) for line in recipe.spec.build.command
+        tuple(token.format_map(values) for token in shlex.split(line))
+        for line in recipe.spec.build.command
     )
     log_name = f"{recipe.name}-{version}-{target.name}-{key[:12]}.log"
     return BuildPlan(
-        project=project, recipe=recipe, target=target, version=version, lock=entry, series=series,
-        archs=archs, jobs=jobs, build_key=key, build_dir=build_dir, source_dir=build_dir / "src",
-        dist_dir=build_dir / "dist", env_dir=env_dir,
+        project=project,
+        recipe=recipe,
+        target=target,
+        version=version,
+        lock=entry,
+        series=series,
+        archs=archs,
+        jobs=jobs,
+        build_key=key,
+        build_dir=build_dir,
+        source_dir=build_dir / "src",
+        dist_dir=build_dir / "dist",
+        env_dir=env_dir,
         env=_environment(target, values, recipe, entry.source_date_epoch, workspace),
-        commands=commands, wheel_pattern=recipe.spec.build.wheel.format_map(values),
+        commands=commands,
+        wheel_pattern=recipe.spec.build.wheel.format_map(values),
         local_version=local.format_map(values) if local else None,
         repair_exclude=tuple(dict.fromkeys((*target.repair_exclude, *recipe.spec.repair.exclude))),
-        runner=runner, runner_identity=identity, python_version=python_version,
-        workspace=workspace, wheelhouse=wheelhouse, log_path=workspace.logs / log_name, options=options,
+        runner=runner,
+        runner_identity=identity,
+        python_version=python_version,
+        workspace=workspace,
+        wheelhouse=wheelhouse,
+        log_path=workspace.logs / log_name,
+        options=options,
     )
 
 
@@ -263,8 +305,14 @@ def up_to_date(plan: BuildPlan) -> Path | None:
 def _one_wheel(pattern: str, recipe: Recipe) -> Path:
     found = sorted(glob.glob(pattern))
     if len(found) != 1:
-        what = "no wheel" if not found else f"{len(found)} wheels ({', '.join(Path(f).name for f in found)})"
-        raise BuildError(f"{recipe.path}: key 'build.wheel': the build produced {what} at {pattern}")
+        what = (
+            "no wheel"
+            if not found
+            else f"{len(found)} wheels ({', '.join(Path(f).name for f in found)})"
+        )
+        raise BuildError(
+            f"{recipe.path}: key 'build.wheel': the build produced {what} at {pattern}"
+        )
     return Path(found[0])
 
 
@@ -276,7 +324,9 @@ def _check_tags(wheel: Path, target: Target) -> None:
     if target.manylinux not in platforms and platforms != {"any"}:
         raise WheelError(f"{wheel.name}: platform tags {sorted(platforms)} lack {target.manylinux}")
     if not interpreters & {py, "py3"}:
-        raise WheelError(f"{wheel.name}: built for {sorted(interpreters)}, target {target.name} runs {py}")
+        raise WheelError(
+            f"{wheel.name}: built for {sorted(interpreters)}, target {target.name} runs {py}"
+        )
 
 
 def execute(plan: BuildPlan, console: Console) -> StoredWheel:
@@ -304,8 +354,12 @@ def _phases(plan: BuildPlan, log: BuildLog, started: float) -> StoredWheel:
         for patch in plan.series.patches:
             log.note(f"applied {patch.name}: {patch.why}")
     with log.phase("environment"):
-        build_env(plan.runner.python(plan.target.python), plan.python_version, plan.lock.build_requires,
-                  plan.env_dir)
+        build_env(
+            plan.runner.python(plan.target.python),
+            plan.python_version,
+            plan.lock.build_requires,
+            plan.env_dir,
+        )
     with log.phase("build"):
         for argv in plan.commands:
             log.line(f"[sparkforge] $ {shlex.join(argv)}")
@@ -318,16 +372,26 @@ def _phases(plan: BuildPlan, log: BuildLog, started: float) -> StoredWheel:
         raw = _one_wheel(plan.wheel_pattern, plan.recipe)
     with log.phase("repair"):
         # The local label goes on first so that auditwheel's SBOM names the final version.
-        labelled = wheels.normalize(raw, out_dir=plan.build_dir / "labelled",
-                                    source_date_epoch=plan.lock.source_date_epoch,
-                                    local_version=plan.local_version)
-        repaired = wheels.repair(labelled, policy=plan.target.manylinux, excludes=plan.repair_exclude,
-                                 out_dir=plan.build_dir / "repaired",
-                                 env={**os.environ, "SOURCE_DATE_EPOCH": str(plan.lock.source_date_epoch)},
-                                 log=log.line)
+        labelled = wheels.normalize(
+            raw,
+            out_dir=plan.build_dir / "labelled",
+            source_date_epoch=plan.lock.source_date_epoch,
+            local_version=plan.local_version,
+        )
+        repaired = wheels.repair(
+            labelled,
+            policy=plan.target.manylinux,
+            excludes=plan.repair_exclude,
+            out_dir=plan.build_dir / "repaired",
+            env={**os.environ, "SOURCE_DATE_EPOCH": str(plan.lock.source_date_epoch)},
+            log=log.line,
+        )
     with log.phase("normalize"):
-        final = wheels.normalize(repaired, out_dir=plan.build_dir / "final",
-                                 source_date_epoch=plan.lock.source_date_epoch)
+        final = wheels.normalize(
+            repaired,
+            out_dir=plan.build_dir / "final",
+            source_date_epoch=plan.lock.source_date_epoch,
+        )
         _check_tags(final, plan.target)
     with log.phase("audit"):
         reports = cudabin.scan_wheel(final)
@@ -335,7 +399,9 @@ def _phases(plan: BuildPlan, log: BuildLog, started: float) -> StoredWheel:
         for name, result in audits.items():
             log.note(f"{name}: {result.summary}")
         gaps = [name for name, result in audits.items() if not result.ok]
-        if plan.recipe.spec.cuda and all(r.status is compat.Status.NO_CUDA_CODE for r in audits.values()):
+        if plan.recipe.spec.cuda and all(
+            r.status is compat.Status.NO_CUDA_CODE for r in audits.values()
+        ):
             raise WheelError(
                 f"{final.name}: no library in the wheel holds CUDA device code: a CPU-only build. "
                 f"Check the recipe's CUDA flags ({plan.recipe.path}); nothing was published"
@@ -349,10 +415,18 @@ def _phases(plan: BuildPlan, log: BuildLog, started: float) -> StoredWheel:
     with log.phase("publish"):
         digest = sha256_file(final)
         durations = dict(log.durations)
-        body = statement(plan, final.name, digest, durations=durations, started=started,
-                         audit={name: r.to_json() for name, r in audits.items()},
-                         arch_gaps_allowed=bool(gaps))
-        stored = Wheelhouse(plan.wheelhouse).publish(final, json.dumps(body, indent=2, sort_keys=True).encode())
+        body = statement(
+            plan,
+            final.name,
+            digest,
+            durations=durations,
+            started=started,
+            audit={name: r.to_json() for name, r in audits.items()},
+            arch_gaps_allowed=bool(gaps),
+        )
+        stored = Wheelhouse(plan.wheelhouse).publish(
+            final, json.dumps(body, indent=2, sort_keys=True).encode()
+        )
     plan.workspace.record_durations(plan.history_key, log.durations)
     shutil.rmtree(plan.build_dir, ignore_errors=True)
     return stored

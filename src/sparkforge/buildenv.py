@@ -29,7 +29,9 @@ def env_path(python_version: str, requirements: Sequence[LockedRequirement], env
     return envs / f"py{python_version}-{key}"
 
 
-def build_env(python: str, python_version: str, requirements: Sequence[LockedRequirement], final: Path) -> Path:
+def build_env(
+    python: str, python_version: str, requirements: Sequence[LockedRequirement], final: Path
+) -> Path:
     """The venv at ``final`` (see :func:`env_path`) with exactly ``requirements``; made on first use."""
     text = requirements_text(requirements)
     if (final / ".complete").exists():
@@ -44,9 +46,19 @@ def build_env(python: str, python_version: str, requirements: Sequence[LockedReq
         req_file = final / "requirements.txt"
         req_file.write_text(text)
         _run(
-            [str(final / "bin" / "python"), "-m", "pip", "install", "--quiet",
-             "--disable-pip-version-check", "--require-hashes", "--no-deps", "--only-binary=:all:",
-             "-r", str(req_file)],
+            [
+                str(final / "bin" / "python"),
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--require-hashes",
+                "--no-deps",
+                "--only-binary=:all:",
+                "-r",
+                str(req_file),
+            ],
             "install the locked build requirements",
         )
     (final / ".complete").write_text(text)

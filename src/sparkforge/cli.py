@@ -36,29 +36,52 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--project", type=Path, default=Path.cwd(), help="project directory (default: .)")
-    parser.add_argument("--workspace", type=Path, help="cache/scratch directory (default: ~/.cache/sparkforge)")
-    parser.add_argument("--wheelhouse", type=Path, help="wheelhouse directory (default: <project>/wheelhouse)")
+    parser.add_argument(
+        "--project", type=Path, default=Path.cwd(), help="project directory (default: .)"
+    )
+    parser.add_argument(
+        "--workspace", type=Path, help="cache/scratch directory (default: ~/.cache/sparkforge)"
+    )
+    parser.add_argument(
+        "--wheelhouse", type=Path, help="wheelhouse directory (default: <project>/wheelhouse)"
+    )
 
 
 def _archs(values: Sequence[str]) -> tuple[CudaArch, ...]:
     archs: list[CudaArch] = []
     for value in values:
-        archs += [parse_arch(part, where="--cuda-arch") for part in value.replace(";", ",").split(",") if part]
+        archs += [
+            parse_arch(part, where="--cuda-arch")
+            for part in value.replace(";", ",").split(",")
+            if part
+        ]
     return tuple(archs)
 
 
 def _wheelhouse(args: argparse.Namespace) -> Path:
-    return (args.wheelhouse or args.project / "wheelhouse").resolve()
+    chosen: Path = args.wheelhouse or args.project / "wheelhouse"
+    return chosen.resolve()
 
 
 def cmd_build(args: argparse.Namespace) -> int:
     started = time.monotonic()
     project = args.project.resolve()
-    options = BuildOptions(version=args.version, extra_archs=_archs(args.cuda_arch), jobs=args.jobs,
-                           force=args.force, allow_arch_gaps=args.allow_arch_gaps)
-    the_plan = plan(project, args.recipe, args.target, HostRunner(), Workspace.locate(args.workspace),
-                    _wheelhouse(args), options)
+    options = BuildOptions(
+        version=args.version,
+        extra_archs=_archs(args.cuda_arch),
+        jobs=args.jobs,
+        force=args.force,
+        allow_arch_gaps=args.allow_arch_gaps,
+    )
+    the_plan = plan(
+        project,
+        args.recipe,
+        args.target,
+        HostRunner(),
+        Workspace.locate(args.workspace),
+        _wheelhouse(args),
+        options,
+    )
     if args.dry_run:
         text = json.dumps(the_plan.describe(), indent=2)
         console.print_json(text) if console.is_terminal else print(text)
@@ -66,14 +89,20 @@ def cmd_build(args: argparse.Namespace) -> int:
     if not args.force:
         existing = up_to_date(the_plan)
         if existing is not None:
-            console.print(f"up to date: {existing} (build key {the_plan.build_key[:12]}; --force rebuilds)")
+            console.print(
+                f"up to date: {existing} (build key {the_plan.build_key[:12]}; --force rebuilds)"
+            )
             console.print(f"pipeline time {time.monotonic() - started:.2f} s")
             return 0
-    console.print(f"[bold]building {the_plan.recipe.name} {the_plan.version}[/] for {the_plan.target.name} "
-                  f"({', '.join(a.name for a in the_plan.archs)}), {the_plan.jobs} jobs, key {the_plan.build_key[:12]}")
+    console.print(
+        f"[bold]building {the_plan.recipe.name} {the_plan.version}[/] for {the_plan.target.name} "
+        f"({', '.join(a.name for a in the_plan.archs)}), {the_plan.jobs} jobs, key {the_plan.build_key[:12]}"
+    )
     console.print(f"log: {the_plan.log_path}")
     stored = execute(the_plan, console)
-    console.print(f"[green]published[/] {stored.path}\n  sha256 {stored.sha256}\n  index {Wheelhouse(the_plan.wheelhouse).index_url()}")
+    console.print(
+        f"[green]published[/] {stored.path}\n  sha256 {stored.sha256}\n  index {Wheelhouse(the_plan.wheelhouse).index_url()}"
+    )
     console.print(f"pipeline time {time.monotonic() - started:.2f} s")
     return 0
 
@@ -83,17 +112,31 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     recipe = load_recipe(project, args.recipe)
     target = load_target(project, args.target)
     python = args.python or HostRunner().python(target.python)
-    result = run_smoke(script=recipe.smoke_script, dist=recipe.spec.dist, version=args.version,
-                       wheelhouse=_wheelhouse(args), python=python, requires=recipe.spec.smoke.requires,
-                       require_gpu=args.require_gpu)
+    result = run_smoke(
+        script=recipe.smoke_script,
+        dist=recipe.spec.dist,
+        version=args.version,
+        wheelhouse=_wheelhouse(args),
+        python=python,
+        requires=recipe.spec.smoke.requires,
+        require_gpu=args.require_gpu,
+    )
     sys.stdout.write(result.output)
     if result.status == "passed":
-        console.print(f"[green]smoke passed[/]: {recipe.name} (installed with {result.installer} from the wheelhouse)")
+        console.print(
+            f"[green]smoke passed[/]: {recipe.name} (installed with {result.installer} from the wheelhouse)"
+        )
         return 0
     if result.status == "skipped":
-        console.print(f"[yellow]smoke skipped: no CUDA device[/] ({recipe.name}); --require-gpu makes this a failure")
+        console.print(
+            f"[yellow]smoke skipped: no CUDA device[/] ({recipe.name}); --require-gpu makes this a failure"
+        )
         return SKIPPED
-    reason = "no CUDA device and --require-gpu given" if result.exit_code == SKIPPED else f"exit code {result.exit_code}"
+    reason = (
+        "no CUDA device and --require-gpu given"
+        if result.exit_code == SKIPPED
+        else f"exit code {result.exit_code}"
+    )
     console.print(f"[red]smoke failed[/]: {recipe.name}: {reason}")
     return 1
 
@@ -114,13 +157,23 @@ def cmd_lock(args: argparse.Namespace) -> int:
             series = load_series(project, name, version)
             previous = lock.recipes.get(name, {}).get(version)
             with console.status(f"locking {name} {version}"):
-                entry = lock_entry(project, recipe, version, series, targets, workspace,
-                                   previous=previous, upgrade=name in upgrade)
+                entry = lock_entry(
+                    project,
+                    recipe,
+                    version,
+                    series,
+                    targets,
+                    workspace,
+                    previous=previous,
+                    upgrade=name in upgrade,
+                )
             lock.recipes.setdefault(name, {})[version] = entry
             src = entry.source
             pin = src.commit or src.sha256 or src.tree_sha256
-            console.print(f"locked {name} {version}: {src.kind} {pin}, {len(entry.patches)} patches, "
-                          f"{len(entry.build_requires)} build requirements")
+            console.print(
+                f"locked {name} {version}: {src.kind} {pin}, {len(entry.patches)} patches, "
+                f"{len(entry.build_requires)} build requirements"
+            )
     stale = [n for n in lock.recipes if n not in available_recipes(project)]
     for name in stale:
         del lock.recipes[name]
@@ -156,16 +209,28 @@ def build_parser() -> argparse.ArgumentParser:
     build = sub.add_parser("build", help="build a recipe into the wheelhouse")
     build.add_argument("recipe")
     build.add_argument("--target", default=DEFAULT_TARGET)
-    build.add_argument("--version", dest="version", help="recipe version (default: the recipe's default)")
-    build.add_argument("--cuda-arch", action="append", default=[], help="extra arch, e.g. 121 or 121a (repeatable)")
-    build.add_argument("--jobs", type=int, help="compile jobs (default: min(cores, memory / recipe's memory per job))")
+    build.add_argument(
+        "--version", dest="version", help="recipe version (default: the recipe's default)"
+    )
+    build.add_argument(
+        "--cuda-arch", action="append", default=[], help="extra arch, e.g. 121 or 121a (repeatable)"
+    )
+    build.add_argument(
+        "--jobs",
+        type=int,
+        help="compile jobs (default: min(cores, memory / recipe's memory per job))",
+    )
     build.add_argument("--force", action="store_true", help="rebuild even when up to date")
     build.add_argument("--dry-run", action="store_true", help="print the full plan and do nothing")
-    build.add_argument("--allow-arch-gaps", action="store_true", help="publish even if the audit says it won't run")
+    build.add_argument(
+        "--allow-arch-gaps", action="store_true", help="publish even if the audit says it won't run"
+    )
     _common(build)
     build.set_defaults(func=cmd_build)
 
-    smoke = sub.add_parser("smoke", help="install from the wheelhouse index into a fresh venv and run smoke.py")
+    smoke = sub.add_parser(
+        "smoke", help="install from the wheelhouse index into a fresh venv and run smoke.py"
+    )
     smoke.add_argument("recipe")
     smoke.add_argument("--target", default=DEFAULT_TARGET)
     smoke.add_argument("--version", dest="version", help="exact wheel version to install")
@@ -176,8 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     lock = sub.add_parser("lock", help="resolve recipes into lock.toml")
     lock.add_argument("recipes", nargs="*", help="recipes to (re)lock (default: all)")
-    lock.add_argument("--upgrade", action="append", default=[], metavar="RECIPE",
-                      help="move branch refs and requirements to their newest commit/version")
+    lock.add_argument(
+        "--upgrade",
+        action="append",
+        default=[],
+        metavar="RECIPE",
+        help="move branch refs and requirements to their newest commit/version",
+    )
     _common(lock)
     lock.set_defaults(func=cmd_lock)
 
@@ -185,7 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(index)
     index.set_defaults(func=cmd_index)
 
-    inspect = sub.add_parser("inspect", help="list the CUDA code in a wheel or library and judge it for a target")
+    inspect = sub.add_parser(
+        "inspect", help="list the CUDA code in a wheel or library and judge it for a target"
+    )
     inspect.add_argument("path")
     inspect.add_argument("--target", default=DEFAULT_TARGET)
     inspect.add_argument("--json", action="store_true")

@@ -15,14 +15,12 @@ costs start-up time, so PTX-only coverage is reported as its own verdict.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from sparkforge.cudabin import CudaCode, LibraryReport
-from sparkforge.errors import ConfigError
 
 
 class Status(StrEnum):
@@ -46,11 +44,6 @@ _RANK = {
 }
 _VARIANT_ORDER = {"": 0, "f": 1, "a": 2}
 _SHOWN_ARCHS = 6
-# CC 1.x ("12" would be sm_12) is left out so that "12" is an error, not a guess.
-_ARCH = re.compile(
-    r"(?:(?:sm_|compute_)?(?P<sm>[2-9]\d|[1-9]\d\d)|(?P<major>[2-9]|[1-9]\d)\.(?P<minor>\d))"
-    r"(?P<variant>[af]?)"
-)
 
 
 @dataclass(frozen=True)
@@ -129,20 +122,6 @@ def _library_json(library: LibraryAudit) -> dict[str, Any]:
         "fatbins_without_target_code": library.fatbins_without_target_code,
         "warnings": list(library.warnings),
     }
-
-
-def parse_arch(text: str) -> tuple[int, str]:
-    """Parse "121", "12.1", "sm_121a", "compute_120f", "12.1a" into ``(121, "a")``."""
-    match = _ARCH.fullmatch(text.strip().lower())
-    if match is None:
-        raise ConfigError(
-            f"invalid GPU arch {text!r}: expected e.g. 121, 12.1, sm_121, sm_121a or compute_120f"
-        )
-    if match["sm"] is not None:
-        sm = int(match["sm"])
-    else:
-        sm = int(match["major"]) * 10 + int(match["minor"])
-    return sm, match["variant"]
 
 
 def classify(code: CudaCode, target_sm: int) -> Status | None:

@@ -50,8 +50,9 @@ from packaging.metadata import parse_email
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
+from .digest import sha256_file
 from .errors import WheelhouseError
-from .wheels import read_metadata, sha256_file
+from .wheels import read_metadata
 
 API_VERSION = "1.1"
 _FILES = "files"

@@ -44,7 +44,11 @@ class LockedSource(StrictModel):
 
     @model_validator(mode="after")
     def _complete(self) -> LockedSource:
-        needed = {"path": ("path", "tree_sha256"), "git": ("git", "commit"), "url": ("url", "sha256")}
+        needed = {
+            "path": ("path", "tree_sha256"),
+            "git": ("git", "commit"),
+            "url": ("url", "sha256"),
+        }
         for key in needed[self.kind]:
             if getattr(self, key) is None:
                 raise ValueError(f"a {self.kind} source needs '{key}'")
@@ -109,7 +113,9 @@ def read_lock(path: Path) -> LockFile:
     try:
         data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
-        raise LockError(f"{path}: malformed TOML ({exc}); run `nox -s lock` to rewrite it") from None
+        raise LockError(
+            f"{path}: malformed TOML ({exc}); run `nox -s lock` to rewrite it"
+        ) from None
     try:
         lock = LockFile.model_validate(data)
     except ValidationError as exc:
@@ -117,7 +123,9 @@ def read_lock(path: Path) -> LockFile:
             describe_validation_error(path, exc) + "; run `nox -s lock` to rewrite it"
         ) from None
     if lock.format != LOCK_FORMAT:
-        raise LockError(f"{path}: key 'format': is {lock.format}, this sparkforge reads {LOCK_FORMAT}")
+        raise LockError(
+            f"{path}: key 'format': is {lock.format}, this sparkforge reads {LOCK_FORMAT}"
+        )
     return lock
 
 
@@ -139,7 +147,9 @@ def write_lock(path: Path, lock: LockFile) -> None:
     os.replace(tmp, path)
 
 
-def entry_for(lock: LockFile, lock_path: Path, recipe: Recipe, version: str, series: PatchSeries) -> LockEntry:
+def entry_for(
+    lock: LockFile, lock_path: Path, recipe: Recipe, version: str, series: PatchSeries
+) -> LockEntry:
     """The current lock entry for ``recipe``/``version``, or a LockError naming the fix."""
     entry = lock.recipes.get(recipe.name, {}).get(version)
     fix = f"run `nox -s lock -- {recipe.name}`"

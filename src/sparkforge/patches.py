@@ -48,7 +48,9 @@ def load_series(project: Path, recipe: str, version: str) -> PatchSeries:
     if not directory.exists():
         return PatchSeries(directory, ())
     if not series_file.is_file():
-        raise PatchError(f"{directory}: patch directory without a 'series' file; list the patches in order there")
+        raise PatchError(
+            f"{directory}: patch directory without a 'series' file; list the patches in order there"
+        )
     patches = []
     listed: set[str] = set()
     for number, raw in enumerate(series_file.read_text(encoding="utf-8").splitlines(), start=1):
@@ -71,10 +73,14 @@ def load_series(project: Path, recipe: str, version: str) -> PatchSeries:
                 "say why the patch exists and when it can be dropped"
             )
         why = next(line for line in header.splitlines() if line.lower().lstrip().startswith("why:"))
-        patches.append(Patch(name, path, hashlib.sha256(data).hexdigest(), why.split(":", 1)[1].strip()))
+        patches.append(
+            Patch(name, path, hashlib.sha256(data).hexdigest(), why.split(":", 1)[1].strip())
+        )
     unlisted = sorted(p.name for p in directory.glob("*.patch") if p.name not in listed)
     if unlisted:
-        raise PatchError(f"{series_file}: {unlisted[0]} is in {directory} but not in the series; list it or delete it")
+        raise PatchError(
+            f"{series_file}: {unlisted[0]} is in {directory} but not in the series; list it or delete it"
+        )
     return PatchSeries(directory, tuple(patches))
 
 
@@ -104,7 +110,10 @@ def apply_series(series: PatchSeries, tree: Path, *, label: str) -> None:
         base = ["git", "apply", "-p1", "--whitespace=nowarn"]
         check = subprocess.run(
             [*base, "--check", "--verbose", str(patch.path)],
-            cwd=tree, env=env, capture_output=True, text=True,
+            cwd=tree,
+            env=env,
+            capture_output=True,
+            text=True,
         )
         if check.returncode != 0:
             raise PatchError(

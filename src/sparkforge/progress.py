@@ -90,7 +90,9 @@ class BuildLog:
             def heartbeat() -> None:
                 while not stop.wait(HEARTBEAT_SECONDS):
                     elapsed = _clock(time.monotonic() - start)
-                    self.console.print(f"  … {name} {elapsed}: {self._last[-100:]}", highlight=False, markup=False)
+                    self.console.print(
+                        f"  … {name} {elapsed}: {self._last[-100:]}", highlight=False, markup=False
+                    )
 
             watcher = threading.Thread(target=heartbeat, daemon=True)
         watcher.start()

@@ -32,24 +32,43 @@ def _dependencies(plan: BuildPlan) -> list[dict[str, Any]]:
     source = plan.lock.source
     deps: list[dict[str, Any]] = []
     if source.kind == "git":
-        deps.append({"uri": f"git+{source.git}@{source.ref}", "digest": {"gitCommit": source.commit}})
+        deps.append(
+            {"uri": f"git+{source.git}@{source.ref}", "digest": {"gitCommit": source.commit}}
+        )
     elif source.kind == "url":
         deps.append({"uri": source.url, "digest": {"sha256": source.sha256}})
     else:
-        deps.append({"uri": f"file:{source.path}", "digest": {"sha256": source.tree_sha256},
-                     "annotations": {"digestOf": "sparkforge tree hash"}})
+        deps.append(
+            {
+                "uri": f"file:{source.path}",
+                "digest": {"sha256": source.tree_sha256},
+                "annotations": {"digestOf": "sparkforge tree hash"},
+            }
+        )
     for patch in plan.series.patches:
         rel = patch.path.relative_to(plan.project).as_posix()
         deps.append({"uri": f"file:{rel}", "digest": {"sha256": patch.sha256}})
     for req in plan.lock.build_requires:
-        deps.append({"uri": f"pkg:pypi/{req.name}@{req.version}",
-                     "digest": {"sha256": req.hashes[0]} if len(req.hashes) == 1 else {},
-                     "annotations": {"acceptedSha256": req.hashes}})
+        deps.append(
+            {
+                "uri": f"pkg:pypi/{req.name}@{req.version}",
+                "digest": {"sha256": req.hashes[0]} if len(req.hashes) == 1 else {},
+                "annotations": {"acceptedSha256": req.hashes},
+            }
+        )
     return deps
 
 
-def statement(plan: BuildPlan, wheel_name: str, wheel_sha256: str, *, durations: dict[str, float],
-              started: float, audit: dict[str, Any], arch_gaps_allowed: bool) -> dict[str, Any]:
+def statement(
+    plan: BuildPlan,
+    wheel_name: str,
+    wheel_sha256: str,
+    *,
+    durations: dict[str, float],
+    started: float,
+    audit: dict[str, Any],
+    arch_gaps_allowed: bool,
+) -> dict[str, Any]:
     """The provenance statement for one published wheel."""
     return {
         "_type": STATEMENT_TYPE,
@@ -87,9 +106,16 @@ def statement(plan: BuildPlan, wheel_name: str, wheel_sha256: str, *, durations:
                 },
                 "byproducts": [
                     {"name": "durations", "content": durations, "mediaType": "application/json"},
-                    {"name": "audit", "content": audit, "mediaType": "application/json",
-                     "annotations": {"arch_gaps_published": arch_gaps_allowed}},
-                    {"name": "host", "content": {"machine": platform.machine(), "system": platform.system()}},
+                    {
+                        "name": "audit",
+                        "content": audit,
+                        "mediaType": "application/json",
+                        "annotations": {"arch_gaps_published": arch_gaps_allowed},
+                    },
+                    {
+                        "name": "host",
+                        "content": {"machine": platform.machine(), "system": platform.system()},
+                    },
                 ],
             },
         },

@@ -169,7 +169,9 @@ class RecipeFile(StrictModel):
         if self.source.git is not None:
             missing = [v for v, spec in self.versions.items() if not spec.ref]
             if missing:
-                raise ValueError(f"git source: version '{missing[0]}' needs a 'ref' (tag or commit)")
+                raise ValueError(
+                    f"git source: version '{missing[0]}' needs a 'ref' (tag or commit)"
+                )
         return self
 
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
+from .digest import sha256_file
 from .errors import LockError
 from .lock import LockedPatch, LockedRequirement, LockedSource, LockEntry, inputs_fingerprint
 from .patches import PatchSeries
 from .recipes import Recipe
-from .digest import sha256_file
 from .sources import resolve as resolve_source
 from .targets import Target
 from .workspace import Workspace
@@ -32,7 +32,9 @@ def platform_tags(manylinux: str) -> list[str]:
     return [*tags, f"manylinux2014_{machine}", f"linux_{machine}"]
 
 
-def resolve_requirements(requires: Sequence[str], targets: Sequence[Target]) -> list[LockedRequirement]:
+def resolve_requirements(
+    requires: Sequence[str], targets: Sequence[Target]
+) -> list[LockedRequirement]:
     """Exact versions and wheel hashes of ``requires`` (with dependencies) for all targets."""
     if not requires:
         return []
@@ -44,9 +46,27 @@ def resolve_requirements(requires: Sequence[str], targets: Sequence[Target]) -> 
         seen_for.add((target.manylinux, target.python))
         with tempfile.TemporaryDirectory(prefix="sparkforge-lock-") as tmp:
             nodot = target.python.replace(".", "")
-            argv = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-                    "--only-binary=:all:", "--python-version", target.python, "--implementation", "cp",
-                    "--abi", f"cp{nodot}", "--abi", "abi3", "--abi", "none", "-d", tmp]
+            argv = [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--only-binary=:all:",
+                "--python-version",
+                target.python,
+                "--implementation",
+                "cp",
+                "--abi",
+                f"cp{nodot}",
+                "--abi",
+                "abi3",
+                "--abi",
+                "none",
+                "-d",
+                tmp,
+            ]
             for tag in platform_tags(target.manylinux):
                 argv += ["--platform", tag]
             result = subprocess.run([*argv, *requires], capture_output=True, text=True)
@@ -72,12 +92,23 @@ def resolve_requirements(requires: Sequence[str], targets: Sequence[Target]) -> 
     ]
 
 
-def lock_entry(project: Path, recipe: Recipe, version: str, series: PatchSeries, targets: Sequence[Target],
-               workspace: Workspace, *, previous: LockEntry | None, upgrade: bool) -> LockEntry:
+def lock_entry(
+    project: Path,
+    recipe: Recipe,
+    version: str,
+    series: PatchSeries,
+    targets: Sequence[Target],
+    workspace: Workspace,
+    *,
+    previous: LockEntry | None,
+    upgrade: bool,
+) -> LockEntry:
     """Resolve one recipe version into a lock entry."""
     fingerprint = inputs_fingerprint(recipe, version, series)
     previous_source: LockedSource | None = previous.source if previous else None
-    resolved = resolve_source(project, recipe, version, workspace, upgrade=upgrade, previous=previous_source)
+    resolved = resolve_source(
+        project, recipe, version, workspace, upgrade=upgrade, previous=previous_source
+    )
     if previous is not None and previous.inputs_sha256 == fingerprint and not upgrade:
         requirements = previous.build_requires
     else:

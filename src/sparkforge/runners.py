@@ -113,11 +113,24 @@ class HostRunner:
 
     def run(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, sink: LineSink) -> int:
         process = subprocess.Popen(
-            list(argv), cwd=cwd, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, bufsize=1, text=True, errors="replace",
+            list(argv),
+            cwd=cwd,
+            env=dict(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            bufsize=1,
+            text=True,
+            errors="replace",
         )
-        assert process.stdout is not None
-        reader = threading.Thread(target=lambda: [sink(line.rstrip("\n")) for line in process.stdout or ()])
+        stdout = process.stdout
+        assert stdout is not None
+
+        def pump() -> None:
+            for line in stdout:
+                sink(line.rstrip("\n"))
+
+        reader = threading.Thread(target=pump)
         reader.start()
         try:
             code = process.wait()
@@ -138,7 +151,10 @@ def find_python(version: str) -> str:
     """
     candidates = [os.environ.get("SPARKFORGE_PYTHON", ""), shutil.which(f"python{version}") or ""]
     pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
-    candidates += sorted(glob.glob(str(pyenv_root / "versions" / f"{version}.*" / "bin" / f"python{version}")), reverse=True)
+    candidates += sorted(
+        glob.glob(str(pyenv_root / "versions" / f"{version}.*" / "bin" / f"python{version}")),
+        reverse=True,
+    )
     if shutil.which("uv"):
         candidates.append(_last_line(["uv", "python", "find", "--no-project", version]))
     for candidate in filter(None, candidates):

@@ -28,7 +28,9 @@ class SmokeResult:
     installer: str
 
 
-def _installer_argv(venv_python: Path, index_url: str, requirement: str, extra: list[str]) -> tuple[str, list[list[str]]]:
+def _installer_argv(
+    venv_python: Path, index_url: str, requirement: str, extra: list[str]
+) -> tuple[str, list[list[str]]]:
     """Install commands: the wheel from the wheelhouse alone, then the smoke requirements."""
     uv = shutil.which("uv")
     if uv:
@@ -44,14 +46,24 @@ def _installer_argv(venv_python: Path, index_url: str, requirement: str, extra: 
     return "pip", steps
 
 
-def run_smoke(*, script: Path, dist: str, version: str | None, wheelhouse: Path, python: str,
-              requires: list[str], require_gpu: bool) -> SmokeResult:
+def run_smoke(
+    *,
+    script: Path,
+    dist: str,
+    version: str | None,
+    wheelhouse: Path,
+    python: str,
+    requires: list[str],
+    require_gpu: bool,
+) -> SmokeResult:
     """Create a venv, install ``dist`` from the wheelhouse index, run ``script``."""
     if not script.is_file():
         raise SmokeError(f"{script}: smoke script not found; every recipe needs one")
     house = Wheelhouse(wheelhouse)
     if not house.wheels(dist):
-        raise SmokeError(f"{wheelhouse}: no {dist} wheel in the wheelhouse; build it first (nox -s build-…)")
+        raise SmokeError(
+            f"{wheelhouse}: no {dist} wheel in the wheelhouse; build it first (nox -s build-…)"
+        )
     requirement = f"{dist}=={version}" if version else dist
     with tempfile.TemporaryDirectory(prefix="sparkforge-smoke-") as tmp:
         venv = Path(tmp) / "venv"
@@ -64,8 +76,12 @@ def run_smoke(*, script: Path, dist: str, version: str | None, wheelhouse: Path,
             done = subprocess.run(argv, capture_output=True, text=True)
             if done.returncode != 0:
                 lines = [line for line in done.stderr.splitlines() if line.strip()]
-                raise SmokeError(f"cannot install {requirement} from {house.index_url()}: {lines[-1] if lines else 'failed'}")
-        ran = subprocess.run([str(venv_python), str(script)], capture_output=True, text=True, cwd=tmp)
+                raise SmokeError(
+                    f"cannot install {requirement} from {house.index_url()}: {lines[-1] if lines else 'failed'}"
+                )
+        ran = subprocess.run(
+            [str(venv_python), str(script)], capture_output=True, text=True, cwd=tmp
+        )
     output = ran.stdout + ran.stderr
     if ran.returncode == 0:
         status = "passed"

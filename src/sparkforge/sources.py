@@ -50,7 +50,9 @@ class Resolved:
 
 def _tree_files(root: Path) -> Iterator[Path]:
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in _IGNORED and not d.endswith(".egg-info"))
+        dirnames[:] = sorted(
+            d for d in dirnames if d not in _IGNORED and not d.endswith(".egg-info")
+        )
         for name in sorted(filenames):
             yield Path(dirpath) / name
 
@@ -73,7 +75,11 @@ def _path_epoch(root: Path) -> int:
     """Last commit time of the directory in its git repository, else newest mtime."""
     try:
         out = subprocess.run(
-            ["git", "log", "-1", "--format=%ct", "--", "."], cwd=root, capture_output=True, text=True, check=True
+            ["git", "log", "-1", "--format=%ct", "--", "."],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         if out:
             return int(out)
@@ -104,7 +110,9 @@ def _mirror(workspace: Workspace, url: str) -> git.Repo:
         git.Repo.clone_from(url, tmp, mirror=True)
     except git.GitCommandError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise SourceError(f"cannot mirror {url}: {_git_reason(exc)}; check the URL and your network") from None
+        raise SourceError(
+            f"cannot mirror {url}: {_git_reason(exc)}; check the URL and your network"
+        ) from None
     os.replace(tmp, path)
     return git.Repo(path)
 
@@ -116,7 +124,7 @@ def _git_reason(exc: git.GitCommandError) -> str:
 
 def _has_commit(repo: git.Repo, commit: str) -> bool:
     try:
-        return repo.git.cat_file("-t", commit) == "commit"
+        return bool(repo.git.cat_file("-t", commit) == "commit")
     except git.GitCommandError:
         return False
 
@@ -141,7 +149,9 @@ def _resolve_ref(repo: git.Repo, url: str, ref: str) -> str:
         repo.git.fetch("--prune", "origin", "+refs/*:refs/*")
         return str(repo.git.rev_parse("--verify", f"{ref}^{{commit}}"))
     except git.GitCommandError:
-        raise SourceError(f"ref '{ref}' does not exist in {url}; use an existing tag, branch or commit") from None
+        raise SourceError(
+            f"ref '{ref}' does not exist in {url}; use an existing tag, branch or commit"
+        ) from None
 
 
 # ----------------------------------------------------------------- url sources
@@ -196,7 +206,9 @@ def _extract(path: Path, dest: Path) -> None:
                 for name in archive.namelist():
                     parts = PurePosixPath(name).parts
                     if name.startswith("/") or ".." in parts:
-                        raise SourceError(f"{path}: member '{name}' escapes the archive; refusing it")
+                        raise SourceError(
+                            f"{path}: member '{name}' escapes the archive; refusing it"
+                        )
                 archive.extractall(tmp)
         else:
             with tarfile.open(path) as archive:
@@ -214,8 +226,15 @@ def _extract(path: Path, dest: Path) -> None:
 # ------------------------------------------------------------------ public API
 
 
-def resolve(project: Path, recipe: Recipe, version: str, workspace: Workspace, *, upgrade: bool,
-            previous: LockedSource | None) -> Resolved:
+def resolve(
+    project: Path,
+    recipe: Recipe,
+    version: str,
+    workspace: Workspace,
+    *,
+    upgrade: bool,
+    previous: LockedSource | None,
+) -> Resolved:
     """Pin the recipe version's source by content (lock time)."""
     spec = recipe.spec.source
     if spec.path is not None:
@@ -225,8 +244,14 @@ def resolve(project: Path, recipe: Recipe, version: str, workspace: Workspace, *
     if spec.git is not None:
         ref = recipe.spec.versions[version].ref or ""
         repo = _mirror(workspace, spec.git)
-        keep = previous is not None and previous.kind == "git" and previous.ref == ref and not upgrade
-        commit = previous.commit if keep and previous and previous.commit else _resolve_ref(repo, spec.git, ref)
+        keep = (
+            previous is not None and previous.kind == "git" and previous.ref == ref and not upgrade
+        )
+        commit = (
+            previous.commit
+            if keep and previous and previous.commit
+            else _resolve_ref(repo, spec.git, ref)
+        )
         _ensure_commit(repo, spec.git, commit)
         epoch = int(repo.commit(commit).committed_date)
         return Resolved(LockedSource(kind="git", git=spec.git, ref=ref, commit=commit), epoch)
@@ -236,10 +261,14 @@ def resolve(project: Path, recipe: Recipe, version: str, workspace: Workspace, *
         path = _verified_archive(workspace, url, previous.sha256)
     else:
         _download(url, path)
-    return Resolved(LockedSource(kind="url", url=url, sha256=sha256_file(path)), _archive_epoch(path))
+    return Resolved(
+        LockedSource(kind="url", url=url, sha256=sha256_file(path)), _archive_epoch(path)
+    )
 
 
-def materialize(project: Path, recipe: Recipe, locked: LockedSource, workspace: Workspace, dest: Path) -> None:
+def materialize(
+    project: Path, recipe: Recipe, locked: LockedSource, workspace: Workspace, dest: Path
+) -> None:
     """Create ``dest`` holding exactly the locked source (build time)."""
     if dest.exists():
         shutil.rmtree(dest)
@@ -269,6 +298,8 @@ def materialize(project: Path, recipe: Recipe, locked: LockedSource, workspace: 
         except git.GitCommandError as exc:
             raise SourceError(f"cannot check out {url} at {commit}: {_git_reason(exc)}") from None
         if checkout.head.commit.hexsha != commit:
-            raise SourceError(f"{dest}: checkout is at {checkout.head.commit.hexsha}, lock says {commit}")
+            raise SourceError(
+                f"{dest}: checkout is at {checkout.head.commit.hexsha}, lock says {commit}"
+            )
         return
     _extract(_verified_archive(workspace, str(locked.url), str(locked.sha256)), dest)

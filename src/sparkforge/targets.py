@@ -45,7 +45,9 @@ class TargetFile(StrictModel):
     def _policy_matches_platform(self) -> TargetFile:
         machine = self.platform.removeprefix("linux_")
         if not self.manylinux.endswith(machine):
-            raise ValueError(f"manylinux policy {self.manylinux} is not for platform {self.platform}")
+            raise ValueError(
+                f"manylinux policy {self.manylinux} is not for platform {self.platform}"
+            )
         return self
 
 
@@ -100,10 +102,14 @@ def load_target(project: Path, name: str) -> Target:
     path = project / "targets" / f"{name}.toml"
     if not path.is_file():
         known = ", ".join(available_targets(project)) or "none"
-        raise ConfigError(f"--target: no target '{name}' ({path} not found); known targets: {known}")
+        raise ConfigError(
+            f"--target: no target '{name}' ({path} not found); known targets: {known}"
+        )
     data = load_model(TargetFile, path, what="target")
     if data.name != name:
-        raise ConfigError(f"{path}: key 'name': is '{data.name}' but the file is named '{name}.toml'")
+        raise ConfigError(
+            f"{path}: key 'name': is '{data.name}' but the file is named '{name}.toml'"
+        )
     return Target(
         name=data.name,
         description=data.description,

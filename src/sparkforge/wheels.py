@@ -45,7 +45,6 @@ from packaging.utils import (
 )
 from packaging.version import InvalidVersion, Version
 
-from .digest import sha256_file
 from .errors import WheelError
 
 # Zip stores local date-times from 1980 to 2107 with 2-second resolution.
