@@ -24,7 +24,8 @@ import pytest
 from packaging.utils import parse_wheel_filename
 
 from sparkforge.errors import WheelError
-from sparkforge.wheels import normalize, read_metadata, repair, sha256_file
+from sparkforge.digest import sha256_file
+from sparkforge.wheels import normalize, read_metadata, repair
 
 EPOCH = 1_700_000_001  # odd on purpose: zip keeps 2-second steps
 MACHINE = platform.machine()
