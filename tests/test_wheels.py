@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 from packaging.utils import parse_wheel_filename
 
-from sparkforge.errors import WheelError
 from sparkforge.digest import sha256_file
+from sparkforge.errors import WheelError
 from sparkforge.wheels import normalize, read_metadata, repair
 
 EPOCH = 1_700_000_001  # odd on purpose: zip keeps 2-second steps
