@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -160,3 +161,52 @@ def test_installed_cli_entry_point_works(tiny: Path) -> None:
         [sys.executable, "-m", "sparkforge.cli", "--version"], capture_output=True, text=True
     )
     assert out.returncode == 0 and out.stdout.startswith("sparkforge ")
+
+
+def test_dry_run_plans_what_this_host_cannot_run(
+    cli: CliRunner, tiny: Path, shared_workspace: Path
+) -> None:
+    result = cli(
+        "build",
+        "tiny",
+        "--target",
+        "dgx-spark",
+        "--dry-run",
+        "--project",
+        tiny,
+        "--workspace",
+        shared_workspace,
+    )
+    assert result.code == 0
+    plan = json.loads(result.out)
+    assert plan["platform"] == "linux_aarch64" and plan["manylinux"] == "manylinux_2_39_aarch64"
+    assert "cannot build linux_aarch64 wheels" in plan["blocked_by"]
+    assert result.err.startswith("note: this plan cannot run here: ")
+
+
+def test_failed_build_shows_log_tail_and_keeps_wheelhouse(
+    cli: CliRunner, tiny: Path, shared_workspace: Path
+) -> None:
+    recipe = tiny / "recipes" / "tiny" / "recipe.toml"
+    recipe.write_text(
+        recipe.read_text().replace(
+            'command = ["',
+            'command = ["{python} -c \\"import sys; print(\'compiler says no\'); sys.exit(3)\\"", "',
+        )
+    )
+    result = _build(cli, tiny, shared_workspace)
+    assert result.code == 1
+    assert "compiler says no" in result.out and "full log: " in result.out
+    log = Path(result.out.split("full log: ")[1].split()[0])
+    assert "compiler says no" in log.read_text()
+    assert result.err.strip().startswith("error: tiny 1.0.0: ")
+    assert "exited with 3" in result.err
+    assert not (tiny / "wheelhouse").exists()
+
+
+def test_rebuild_shows_the_previous_duration(cli: CliRunner, tiny: Path, tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    assert _build(cli, tiny, workspace).code == 0
+    again = _build(cli, tiny, workspace, "--force")
+    assert again.code == 0
+    assert re.search(r"✓ build [\d.]+ s \(last time 0:\d\d\)", again.out), again.out

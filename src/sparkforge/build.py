@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from packaging.utils import parse_wheel_filename
+from packaging.utils import canonicalize_name, parse_wheel_filename
 from rich.console import Console
 
 from . import __version__, compat, cudabin, wheels
 from .archs import CudaArch, cmake_architectures, merge_archs, torch_arch_list
 from .buildenv import build_env, env_path
 from .digest import sha256_file
-from .errors import BuildError, LockError, WheelError
+from .errors import BuildError, ConfigError, LockError, WheelError
 from .index import StoredWheel, Wheelhouse
 from .lock import LockEntry, entry_for, read_lock
 from .patches import PatchSeries, apply_series, load_series
@@ -79,6 +79,7 @@ class BuildPlan:
     wheelhouse: Path
     log_path: Path
     options: BuildOptions = field(default=BuildOptions())
+    blocked_by: str | None = None  # why this runner cannot execute the plan (dry runs only)
 
     @property
     def history_key(self) -> str:
@@ -111,8 +112,17 @@ class BuildPlan:
             "local_version": self.local_version,
             "repair_exclude": list(self.repair_exclude),
             "wheelhouse": str(self.wheelhouse),
+            "output": str(self.wheelhouse / "files" / self.output_pattern),
             "log": str(self.log_path),
+            "blocked_by": self.blocked_by,
         }
+
+    @property
+    def output_pattern(self) -> str:
+        """The published wheel's name, up to its tags."""
+        name = canonicalize_name(self.recipe.spec.dist).replace("-", "_")
+        label = f"+{self.local_version}" if self.local_version else ""
+        return f"{name}-{self.version}{label}-*.whl"
 
 
 def available_memory_gb() -> float:
@@ -200,12 +210,24 @@ def plan(
     workspace: Workspace,
     wheelhouse: Path,
     options: BuildOptions,
+    *,
+    dry_run: bool = False,
 ) -> BuildPlan:
-    """Everything a build will do, decided up front; refuses a missing or stale lock."""
+    """Everything a build will do, decided up front; refuses a missing or stale lock.
+
+    A dry run also plans what this runner cannot execute here (e.g. a dgx-spark
+    build on x86_64) and says why in ``blocked_by``.
+    """
     recipe = load_recipe(project, recipe_name)
     target = load_target(project, target_name)
     version = recipe.version(options.version)
-    runner.check(target)
+    blocked_by = None
+    try:
+        runner.check(target)
+    except ConfigError as exc:
+        if not dry_run:
+            raise
+        blocked_by = exc.message
     series = load_series(project, recipe.name, version)
     lock_path = project / "lock.toml"
     entry = entry_for(read_lock(lock_path), lock_path, recipe, version, series)
@@ -281,6 +303,7 @@ def plan(
         wheelhouse=wheelhouse,
         log_path=workspace.logs / log_name,
         options=options,
+        blocked_by=blocked_by,
     )
 
 

@@ -41,26 +41,28 @@ def build_env(
     if final.exists():
         shutil.rmtree(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    _run([python, "-m", "venv", str(final)], "create a venv")
+    req_file = final.parent / f".{final.name}.requirements.txt"
+    req_file.write_text(text)
+    uv = shutil.which("uv")
+    if uv:  # same hashes, same bytes; uv is several times faster than pip here
+        _run([uv, "venv", "--quiet", "--seed", "--python", python, str(final)], "create a venv")
+        install = [uv, "pip", "install", "--quiet", "--python", str(final / "bin" / "python")]
+    else:
+        _run([python, "-m", "venv", str(final)], "create a venv")
+        install = [
+            str(final / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ]
     if requirements:
-        req_file = final / "requirements.txt"
-        req_file.write_text(text)
         _run(
-            [
-                str(final / "bin" / "python"),
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--require-hashes",
-                "--no-deps",
-                "--only-binary=:all:",
-                "-r",
-                str(req_file),
-            ],
+            [*install, "--require-hashes", "--no-deps", "--only-binary=:all:", "-r", str(req_file)],
             "install the locked build requirements",
         )
+    req_file.unlink()
     (final / ".complete").write_text(text)
     return final
 

@@ -81,8 +81,11 @@ def cmd_build(args: argparse.Namespace) -> int:
         Workspace.locate(args.workspace),
         _wheelhouse(args),
         options,
+        dry_run=args.dry_run,
     )
     if args.dry_run:
+        if the_plan.blocked_by:
+            print(f"note: this plan cannot run here: {the_plan.blocked_by}", file=sys.stderr)
         text = json.dumps(the_plan.describe(), indent=2)
         console.print_json(text) if console.is_terminal else print(text)
         return 0

@@ -153,6 +153,7 @@ class RecipeFile(StrictModel):
     dist: str
     summary: str
     memory_per_job_gb: float = Field(gt=0)
+    disk_gb: float = Field(default=2.0, gt=0)  # free space a build needs (sources + build tree)
     cuda: bool = True  # the wheel must carry CUDA device code (a CPU-only result is refused)
     needs: list[str] = Field(default_factory=list)
     source: SourceSpec

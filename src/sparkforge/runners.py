@@ -77,7 +77,7 @@ class HostRunner:
         if machine != target.machine:
             raise ConfigError(
                 f"--target {target.name}: the host runner on this {machine} machine cannot build "
-                f"{target.platform} wheels; build on a {target.machine} machine (e.g. the DGX Spark "
+                f"{target.platform} wheels; build on an {target.machine} machine (e.g. the DGX Spark "
                 f"itself) or use the container runner with emulation"
             )
         found = nvcc_version(target.cuda_home)
