@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import subprocess
+import sys
 import textwrap
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from sparkforge.cli import main
+from sparkforge.cudabin import CudaCode
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -158,3 +162,47 @@ def git(cwd: Path, *args: str) -> str:
 
 def dedent(text: str) -> str:
     return textwrap.dedent(text).lstrip()
+
+
+# --- NVIDIA's cuobjdump (PyPI), the reference for the fatbin reader -----------------------
+
+CUOBJDUMP = "nvidia-cuda-cuobjdump==13.5.37"
+LISTING = re.compile(r"^(ELF|PTX) file\s+\d+: .*\.(sm_\d+[af]?)\.(?:cubin|ptx)$")
+
+
+@pytest.fixture(scope="session")
+def cuobjdump(request: pytest.FixtureRequest) -> Path:
+    """cuobjdump from PyPI in a venv cached under pytest's cache directory."""
+    venv = request.config.cache.mkdir("sparkforge-cuobjdump")
+    found = sorted(venv.glob("lib/python*/site-packages/nvidia/*/bin/cuobjdump"))
+    if not found:
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run(
+            [str(venv / "bin/python"), "-m", "pip", "install", "--quiet", CUOBJDUMP], check=True
+        )
+        found = sorted(venv.glob("lib/python*/site-packages/nvidia/*/bin/cuobjdump"))
+    return found[0]
+
+
+def cuobjdump_listing(cuobjdump: Path, library: Path) -> Counter[str]:
+    """cuobjdump's ELF and PTX list as a multiset of 'ELF sm_90a' / 'PTX sm_120f'."""
+    result = subprocess.run(
+        [str(cuobjdump), "--list-elf", "--list-ptx", str(library)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    matches = [LISTING.match(line) for line in result.stdout.splitlines() if line.strip()]
+    assert all(matches), result.stdout
+    return Counter(f"{m[1]} {m[2]}" for m in matches if m)
+
+
+def as_cuobjdump(code: dict[CudaCode, int]) -> Counter[str]:
+    """Our findings in cuobjdump's words: it names family cubins without the ``f``."""
+    listed: Counter[str] = Counter()
+    for c, count in code.items():
+        if c.kind == "sass":
+            listed[f"ELF sm_{c.sm}{c.variant.replace('f', '')}"] += count
+        else:
+            listed[f"PTX sm_{c.sm}{c.variant}"] += count
+    return listed

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import re
 import shutil
 import struct
 import subprocess
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
+from conftest import as_cuobjdump, cuobjdump_listing
 from sparkforge.compat import Status, audit
 from sparkforge.cudabin import (
     FATBIN_SECTION,
@@ -296,52 +296,12 @@ def test_scan_wheel_rejects_other_files(tmp_path: Path) -> None:
 
 # --- cross-checks against NVIDIA's cuobjdump (PyPI) -------------------------------------
 
-CUOBJDUMP = "nvidia-cuda-cuobjdump==13.5.37"
 REAL_WHEEL = "nvidia-nvjpeg-cu12==12.4.0.76"
 # machine -> sha256 of its manylinux_2_17 wheel (pinned by content; the reader ignores the host)
 REAL_WHEEL_SHA256 = {
     "x86_64": "3888f10b32fbd58e80166c48e01073732d752fa5f167b7cb5b9615f1c6375a20",
     "aarch64": "f52c5ef7cf56e8bffac8903a59f14494017a52e4fe89d5a1d16c1e88d7bbf194",
 }
-LISTING = re.compile(r"^(ELF|PTX) file\s+\d+: .*\.(sm_\d+[af]?)\.(?:cubin|ptx)$")
-
-
-@pytest.fixture(scope="session")
-def cuobjdump(request: pytest.FixtureRequest) -> Path:
-    """cuobjdump from PyPI in a venv cached under pytest's cache directory."""
-    venv = request.config.cache.mkdir("sparkforge-cuobjdump")
-    found = sorted(venv.glob("lib/python*/site-packages/nvidia/*/bin/cuobjdump"))
-    if not found:
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        subprocess.run(
-            [str(venv / "bin/python"), "-m", "pip", "install", "--quiet", CUOBJDUMP], check=True
-        )
-        found = sorted(venv.glob("lib/python*/site-packages/nvidia/*/bin/cuobjdump"))
-    return found[0]
-
-
-def cuobjdump_listing(cuobjdump: Path, library: Path) -> Counter[str]:
-    """cuobjdump's ELF and PTX list as a multiset of 'ELF sm_90a' / 'PTX sm_120f'."""
-    result = subprocess.run(
-        [str(cuobjdump), "--list-elf", "--list-ptx", str(library)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    matches = [LISTING.match(line) for line in result.stdout.splitlines() if line.strip()]
-    assert all(matches), result.stdout
-    return Counter(f"{m[1]} {m[2]}" for m in matches if m)
-
-
-def as_cuobjdump(code: dict[CudaCode, int]) -> Counter[str]:
-    """Our findings in cuobjdump's words: it names family cubins without the ``f``."""
-    listed: Counter[str] = Counter()
-    for c, count in code.items():
-        if c.kind == "sass":
-            listed[f"ELF sm_{c.sm}{c.variant.replace('f', '')}"] += count
-        else:
-            listed[f"PTX sm_{c.sm}{c.variant}"] += count
-    return listed
 
 
 @pytest.mark.slow

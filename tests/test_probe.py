@@ -112,6 +112,10 @@ def test_index_page_carries_hashes_and_metadata(built: Built) -> None:
     meta_hash = "sha256=" + hashlib.sha256(metadata.read_bytes()).hexdigest()
     assert anchor["data-core-metadata"] == meta_hash == anchor["data-dist-info-metadata"]
     assert anchor["data-requires-python"] == ">=3.9"
+    # The audit verdicts are listed beside the link and in the JSON page.
+    assert "(sm_121: native, sm_90: native)" in page.read_text()
+    listing = json.loads((page.parent / "index.json").read_text())
+    assert listing["files"][0]["_sparkforge_audit"] == {"sm_121": "native", "sm_90": "native"}
 
 
 def test_provenance_subject_is_the_wheel(built: Built) -> None:

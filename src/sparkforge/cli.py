@@ -1,4 +1,4 @@
-"""The ``sparkforge`` command line: build, smoke, lock, index, inspect."""
+"""The ``sparkforge`` command line: build, smoke, lock, index, inspect, doctor."""
 
 from __future__ import annotations
 
@@ -123,6 +123,7 @@ def cmd_smoke(args: argparse.Namespace) -> int:
         python=python,
         requires=recipe.spec.smoke.requires,
         require_gpu=args.require_gpu,
+        target_sm=target.cuda_archs[0].sm,
     )
     sys.stdout.write(result.output)
     if result.status == "passed":
@@ -204,6 +205,22 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return inspect_command(Path(args.path), target, as_json=args.json, console=console)
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import doctor_command
+
+    project = args.project.resolve()
+    target = load_target(project, args.target)
+    names = args.recipes or available_recipes(project)
+    return doctor_command(
+        target,
+        [load_recipe(project, name) for name in names],
+        Workspace.locate(args.workspace).root,
+        _wheelhouse(args),
+        as_json=args.json,
+        console=console,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sparkforge", description=__doc__)
     parser.add_argument("--version", action="version", version=f"sparkforge {__version__}")
@@ -266,6 +283,15 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true")
     _common(inspect)
     inspect.set_defaults(func=cmd_inspect)
+
+    doctor = sub.add_parser("doctor", help="check this host before a build and say what to fix")
+    doctor.add_argument(
+        "recipes", nargs="*", help="recipes to size disk and memory for (default: all)"
+    )
+    doctor.add_argument("--target", default=DEFAULT_TARGET)
+    doctor.add_argument("--json", action="store_true")
+    _common(doctor)
+    doctor.set_defaults(func=cmd_doctor)
     return parser
 
 

@@ -15,6 +15,7 @@ costs start-up time, so PTX-only coverage is reported as its own verdict.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -188,9 +189,43 @@ def audit(reports: Sequence[LibraryReport], target_sm: int) -> AuditResult:
     return AuditResult(target_sm=target_sm, status=status, libraries=libraries)
 
 
+def _library_verdict(report: LibraryReport, target_sm: int) -> Verdict:
+    """The worst verdict over the library's fatbin containers that have usable code.
+
+    Each container is one translation unit, and the driver picks code per
+    container: one sm_121a cubin among 475 containers that carry sm_120 does not
+    make a library native. Containers with nothing usable are reported as
+    warnings (arch-specific kernels, e.g. sm_90a-only, are missing elsewhere by
+    design); only a library where no container is usable will not run.
+    """
+    if not report.fatbins:
+        return verdict(report.code, target_sm)
+    judged = [
+        (verdict(dict.fromkeys(codes, 1), target_sm), count)
+        for codes, count in sorted(report.fatbins.items(), key=lambda item: sorted(item[0]))
+    ]
+    usable = [(v, count) for v, count in judged if v.status is not Status.WILL_NOT_RUN]
+    if not usable:
+        return verdict(report.code, target_sm)
+    worst = max((v for v, _ in usable), key=lambda v: _RANK[v.status])
+    total = sum(count for _, count in usable)
+    same = sum(count for v, count in usable if v == worst)
+    if same == total:
+        return worst
+    others: Counter[str] = Counter()
+    for v, count in usable:
+        if v != worst and v.runs is not None:
+            kind = "PTX" if v.runs.kind == "ptx" else "SASS"
+            others[f"{v.runs.name} {kind}"] += count
+    rest = ", ".join(f"{name} in {count}" for name, count in sorted(others.items()))
+    return Verdict(
+        worst.status, worst.runs, f"{worst.explanation} in {same} of {total} fatbins; {rest}"
+    )
+
+
 def _audit_library(report: LibraryReport, target_sm: int) -> LibraryAudit:
     """Verdict for one library plus warnings about JIT and uncovered containers."""
-    result = verdict(report.code, target_sm)
+    result = _library_verdict(report, target_sm)
     uncovered = [
         (codes, count)
         for codes, count in report.fatbins.items()

@@ -44,6 +44,7 @@ from datetime import UTC, datetime
 from html import escape
 from itertools import groupby
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from packaging.metadata import parse_email
@@ -124,7 +125,10 @@ class Wheelhouse:
             name, version = _check_name(path, "remove it from the wheelhouse")
             if wanted is None or name == wanted:
                 found.append((name, version, path.name, path))
-        return [_stored(path, sha256_file(path)) for _, _, _, path in sorted(found)]
+        return [
+            _stored(path, _recorded_sha256(path) or sha256_file(path))
+            for _, _, _, path in sorted(found)
+        ]
 
     def regenerate_index(self) -> Path:
         """Rebuild the index from ``files/``; return the generation directory now served."""
@@ -254,6 +258,43 @@ def _sidecars(target: Path, metadata: bytes, provenance: bytes) -> dict[Path, by
     }
 
 
+def _provenance_of(wheel: Path) -> dict[str, Any]:
+    """The wheel's provenance statement, or {} when it is missing or unreadable."""
+    try:
+        data = json.loads(wheel.with_name(wheel.name + _PROVENANCE_SUFFIX).read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _recorded_sha256(wheel: Path) -> str | None:
+    """The sha256 recorded as the provenance subject when the wheel was published.
+
+    Listing this value rather than re-hashing keeps regeneration cheap with
+    multi-GB wheels, and a file damaged on disk later fails pip's hash check
+    instead of being listed with its damaged hash.
+    """
+    for subject in _provenance_of(wheel).get("subject", []):
+        if isinstance(subject, dict) and subject.get("name") == wheel.name:
+            digest = subject.get("digest", {}).get("sha256")
+            if isinstance(digest, str) and len(digest) == 64:
+                return digest
+    return None
+
+
+def _audit_of(wheel: Path) -> dict[str, str]:
+    """Arch → audit verdict from the provenance (e.g. {"sm_121": "native"})."""
+    byproducts = (
+        _provenance_of(wheel).get("predicate", {}).get("runDetails", {}).get("byproducts", [])
+    )
+    for item in byproducts:
+        if isinstance(item, dict) and item.get("name") == "audit":
+            content = item.get("content", {})
+            return {arch: str(result.get("verdict")) for arch, result in sorted(content.items())
+                    if isinstance(result, dict)}  # fmt: skip
+    return {}
+
+
 def _stored(path: Path, digest: str) -> StoredWheel:
     name, version = _check_name(path, "remove it from the wheelhouse")
     return StoredWheel(
@@ -306,6 +347,7 @@ class _FileEntry:
     metadata_sha256: str
     requires_python: str | None
     upload_time: str
+    audit: dict[str, str]
 
 
 def _entry(wheel: StoredWheel) -> _FileEntry:
@@ -324,6 +366,7 @@ def _entry(wheel: StoredWheel) -> _FileEntry:
         metadata_sha256=hashlib.sha256(metadata).hexdigest(),
         requires_python=raw.get("requires_python"),
         upload_time=mtime.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        audit=_audit_of(wheel.path),
     )
 
 
@@ -367,7 +410,11 @@ def _project_html(project: str, entries: Sequence[_FileEntry]) -> bytes:
             attributes.append(f'data-requires-python="{escape(entry.requires_python)}"')
         attributes.append(f'data-core-metadata="sha256={entry.metadata_sha256}"')
         attributes.append(f'data-dist-info-metadata="sha256={entry.metadata_sha256}"')
-        links.append(f"<a {' '.join(attributes)}>{escape(entry.wheel.filename)}</a>")
+        link = f"<a {' '.join(attributes)}>{escape(entry.wheel.filename)}</a>"
+        if entry.audit:  # what the wheel runs on, from the build's audit gate
+            verdicts = ", ".join(f"{arch}: {verdict}" for arch, verdict in entry.audit.items())
+            link += f" <small>({escape(verdicts)})</small>"
+        links.append(link)
     return _html_page(f"Links for {project}", links)
 
 
@@ -385,6 +432,8 @@ def _project_json(project: str, entries: Sequence[_FileEntry]) -> bytes:
         }
         if entry.requires_python:
             item["requires-python"] = entry.requires_python
+        if entry.audit:  # PEP 691 reserves keys with a leading underscore for the index
+            item["_sparkforge_audit"] = entry.audit
         files.append(item)
     versions = sorted({entry.wheel.version for entry in entries}, key=Version)
     return _json(

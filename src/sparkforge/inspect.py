@@ -44,9 +44,9 @@ def inspect_command(path: Path, target: Target, *, as_json: bool, console: Conso
         return 0 if ok else 1
     for name, result in results.items():
         table = Table(title=f"{path.name} on {target.name} ({name})", title_justify="left")
-        table.add_column("library")
-        table.add_column("device code (count)")
-        table.add_column("verdict")
+        table.add_column("library", overflow="fold")
+        table.add_column("device code (count)", overflow="fold")
+        table.add_column("verdict", overflow="fold")
         for library in result.to_json()["libraries"]:
             if not library["code"]:
                 continue

@@ -3,11 +3,13 @@ venv and run the recipe's standalone ``smoke.py`` there.
 
 The wheel comes only from the wheelhouse index (``--index-url``, user pip
 configuration ignored), never from PyPI. The script's exit code decides: 0
-passed, 77 skipped (no CUDA device), anything else failed.
+passed, 77 skipped (no CUDA device), anything else failed. The script learns
+the target's arch from ``SPARKFORGE_TARGET_SM`` (e.g. ``121``).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -55,6 +57,7 @@ def run_smoke(
     python: str,
     requires: list[str],
     require_gpu: bool,
+    target_sm: int,
 ) -> SmokeResult:
     """Create a venv, install ``dist`` from the wheelhouse index, run ``script``."""
     if not script.is_file():
@@ -79,8 +82,11 @@ def run_smoke(
                 raise SmokeError(
                     f"cannot install {requirement} from {house.index_url()}: {lines[-1] if lines else 'failed'}"
                 )
+        # The script compares the device with the target: on another GPU it runs
+        # its generic checks and says so ("other GPU mode").
+        env = {**os.environ, "SPARKFORGE_TARGET_SM": str(target_sm)}
         ran = subprocess.run(
-            [str(venv_python), str(script)], capture_output=True, text=True, cwd=tmp
+            [str(venv_python), str(script)], capture_output=True, text=True, cwd=tmp, env=env
         )
     output = ran.stdout + ran.stderr
     if ran.returncode == 0:
