@@ -355,3 +355,65 @@ def test_real_wheel_matches_cuobjdump(real_wheel: Path, cuobjdump: Path, tmp_pat
         result = audit([report], target)
         assert result.status is Status.NATIVE
         assert result.libraries[0].fatbins_without_target_code == 0
+
+
+# More shapes of real CUDA code from PyPI, each pinned by sha256:
+# bitsandbytes ships one library per CUDA version: uncompressed fatbins up to CUDA 12.8
+# and Zstd-compressed ones for 13.x, SASS only; curand ships SASS and PTX, compressed.
+# nvidia-cufft is here because its kernels are not in .nv_fatbin at all: the reader and
+# cuobjdump must both say "no device code".
+SHAPES = {
+    "bitsandbytes==0.50.2": (
+        "bitsandbytes-0.50.2-py3-none-manylinux_2_24_x86_64.whl",
+        "55348a9a4a21bfd99cf8c7b32fe67b4030ae5c2a05738e03c1747f65fa6ec283",
+    ),
+    "nvidia-curand==10.4.5.25": (
+        "nvidia_curand-10.4.5.25-py3-none-manylinux_2_27_x86_64.whl",
+        "22bb226a857e5888fe6b54ae465fc4371296bcff13a35f79e19691bcf454f529",
+    ),
+}
+
+
+@pytest.fixture(scope="session", params=sorted(SHAPES))
+def shaped_wheel(request: pytest.FixtureRequest) -> Path:
+    filename, sha256 = SHAPES[request.param]
+    cache = request.config.cache.mkdir("sparkforge-wheels")
+    wheel = cache / filename
+    if not wheel.exists():
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+             "--platform=manylinux_2_28_x86_64", "--platform=manylinux_2_27_x86_64",
+             "--platform=manylinux_2_24_x86_64", "--python-version=3.12", f"--dest={cache}",
+             request.param],
+            check=True,
+        )  # fmt: skip
+    assert hashlib.sha256(wheel.read_bytes()).hexdigest() == sha256
+    return wheel
+
+
+@pytest.mark.network
+def test_other_real_wheels_match_cuobjdump(
+    shaped_wheel: Path, cuobjdump: Path, tmp_path: Path
+) -> None:
+    reports = [report for report in scan_wheel(shaped_wheel) if report.code]
+    assert reports
+    with zipfile.ZipFile(shaped_wheel) as archive:
+        for report in reports:
+            library = Path(archive.extract(report.path_in_wheel, tmp_path))
+            if library.name == "libbitsandbytes_cuda121.so":
+                # cuobjdump 13.5 lists its first cubin, then stops with "Invalid ELF"; the
+                # reader walks only headers and finds the same archs as the CUDA 12.4 build.
+                with pytest.raises(subprocess.CalledProcessError):
+                    cuobjdump_listing(cuobjdump, library)
+                twin = next(r for r in reports if r.path_in_wheel.endswith("_cuda124.so"))
+                assert as_cuobjdump(dict(report.code)) == as_cuobjdump(dict(twin.code))
+                continue
+            listed = cuobjdump_listing(cuobjdump, library)
+            assert as_cuobjdump(dict(report.code)) == listed, report.path_in_wheel
+    shapes = {(c.kind, c.compressed) for report in reports for c in report.code}
+    if "bitsandbytes" in shaped_wheel.name:
+        assert shapes == {("sass", False), ("sass", True)}
+        cuda130 = next(r for r in reports if r.path_in_wheel.endswith("_cuda130.so"))
+        assert audit([cuda130], 121).libraries[0].verdict.runs == CudaCode("sass", 120, "", True)
+    else:
+        assert ("ptx", True) in shapes and ("sass", True) in shapes
