@@ -54,6 +54,13 @@ def index(session: nox.Session) -> None:
 
 
 @nox.session
+def doctor(session: nox.Session) -> None:
+    """Check this host before a build: `nox -s doctor -- [--target T] [RECIPE ...] [--json]`."""
+    _install(session)
+    session.run("sparkforge", "doctor", *session.posargs)
+
+
+@nox.session
 def tests(session: nox.Session) -> None:
     """The whole test suite (GPU tests skip without a CUDA device)."""
     _install(session, "[test]")
@@ -70,6 +77,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Pipeline overhead vs a bare `python -m build`; writes docs/benchmarks.md figures."""
+    """Pipeline overhead vs a bare build, inspect vs cuobjdump (figures for docs/benchmarks.md)."""
     _install(session, "[test]")
     session.run("python", "benchmarks/bench_probe.py", *session.posargs)
+    session.run("python", "benchmarks/bench_inspect.py")
