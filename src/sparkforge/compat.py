@@ -118,7 +118,7 @@ def _library_json(library: LibraryAudit) -> dict[str, Any]:
         "verdict": str(library.verdict.status),
         "runs": runs.name if runs else None,
         "explanation": library.verdict.explanation,
-        "code": dict(sorted(counts.items())),
+        "code": counts,  # in arch order (CudaCode sorts by kind, then SM number)
         "fatbins": library.fatbins,
         "fatbins_without_target_code": library.fatbins_without_target_code,
         "warnings": list(library.warnings),
