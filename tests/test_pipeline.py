@@ -210,3 +210,40 @@ def test_rebuild_shows_the_previous_duration(cli: CliRunner, tiny: Path, tmp_pat
     again = _build(cli, tiny, workspace, "--force")
     assert again.code == 0
     assert re.search(r"✓ build [\d.]+ s \(last time 0:\d\d\)", again.out), again.out
+
+
+def test_git_source_checks_out_submodules_recursively(
+    cli: CliRunner,
+    tiny: Path,
+    shared_workspace: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Local submodule URLs need file transport, which git disables for submodules by default.
+    monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
+    monkeypatch.setenv("GIT_CONFIG_KEY_0", "protocol.file.allow")
+    monkeypatch.setenv("GIT_CONFIG_VALUE_0", "always")
+    identity = ["-c", "user.name=t", "-c", "user.email=t@t"]
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "value.txt").write_text("from the submodule\n")
+    git(data, "init", "-q", "-b", "main")
+    git(data, "add", ".")
+    git(data, *identity, "commit", "-q", "-m", "data")
+    upstream = tmp_path / "upstream"
+    (upstream / "sf_tiny").mkdir(parents=True)
+    for name in ("pyproject.toml", "sf_tiny/__init__.py"):
+        (upstream / name).write_bytes((tiny / "tiny-src" / name).read_bytes())
+    git(upstream, "init", "-q", "-b", "main")
+    git(upstream, "submodule", "--quiet", "add", str(data), "sf_tiny/data")
+    git(upstream, "add", ".")
+    git(upstream, *identity, "commit", "-q", "-m", "with submodule")
+    recipe = tiny / "recipes" / "tiny" / "recipe.toml"
+    text = recipe.read_text().replace('path = "tiny-src"', f'git = "{upstream}"\nsubmodules = true')
+    recipe.write_text(text.replace("default = true", 'default = true\nref = "main"'))
+    assert cli("lock", "tiny", "--project", tiny, "--workspace", shared_workspace).code == 0
+    result = _build(cli, tiny, shared_workspace)
+    assert result.code == 0, result.err
+    wheel = next((tiny / "wheelhouse" / "files").glob("*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        assert archive.read("sf_tiny/data/value.txt") == b"from the submodule\n"
