@@ -16,7 +16,7 @@ from urllib.parse import unquote, urljoin, urlparse
 
 import pytest
 
-from conftest import copy_project
+from conftest import as_cuobjdump, copy_project, cuobjdump_listing
 from sparkforge.cli import main
 from sparkforge.cudabin import scan_wheel
 from sparkforge.runners import find_python
@@ -244,3 +244,34 @@ def test_inspect_judges_the_wheel_for_each_target(
         assert report["ok"] is True
         assert report["audits"][arch]["verdict"] == "native"
         assert report["audits"][arch]["libraries"][0]["runs"] == arch
+
+
+def test_probe_library_matches_cuobjdump(built: Built, cuobjdump: Path, tmp_path: Path) -> None:
+    (report,) = [r for r in scan_wheel(built.wheel) if r.code]
+    with zipfile.ZipFile(built.wheel) as archive:
+        library = Path(archive.extract(report.path_in_wheel, tmp_path))
+    assert as_cuobjdump(dict(report.code)) == cuobjdump_listing(cuobjdump, library)
+
+
+def test_audit_gate_refuses_a_wheel_that_will_not_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A recipe that ignores the plan's archs: built for sm_121 only, planned for hopper (sm_90)."""
+    project = copy_project(tmp_path / "gapped")
+    recipe = project / "recipes" / "sm121-probe" / "recipe.toml"
+    recipe.write_text(recipe.read_text().replace("={cuda_archs}", "=121-real"))
+    args = ["build", "sm121-probe", "--target", "hopper", "--project", str(project),
+            "--workspace", str(tmp_path / "ws")]  # fmt: skip
+    capsys.readouterr()
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "will not run on sm_90" in err and "nothing was published" in err
+    assert not (project / "wheelhouse").exists()
+
+    assert main([*args, "--allow-arch-gaps"]) == 0
+    (provenance,) = (project / "wheelhouse" / "files").glob("*.provenance.json")
+    data = json.loads(provenance.read_text())
+    assert data["predicate"]["buildDefinition"]["externalParameters"]["allow_arch_gaps"] is True
+    audit = data["predicate"]["runDetails"]["byproducts"][1]
+    assert audit["content"]["sm_90"]["verdict"] == "will-not-run"
+    assert audit["annotations"]["arch_gaps_published"] is True
