@@ -37,4 +37,9 @@ check probe-smoke 0 sf smoke sm121-probe --target hopper --require-gpu
 # The same with the GPU hidden: a skip (77) by default, a failure with --require-gpu.
 check probe-hidden-gpu 77 env CUDA_VISIBLE_DEVICES= python3 -m sparkforge.cli smoke sm121-probe --target hopper
 check probe-hidden-gpu-required 1 env CUDA_VISIBLE_DEVICES= python3 -m sparkforge.cli smoke sm121-probe --target hopper --require-gpu
+# The mission recipes' smoke scripts against the machine's own packages, in
+# "other GPU" mode (sm_90 device, sm_121 target); its onnxruntime is a CPU build.
+check torch-smoke 0 env SPARKFORGE_TARGET_SM=121 python3 recipes/torch/smoke.py
+check triton-smoke 0 env SPARKFORGE_TARGET_SM=121 python3 recipes/triton/smoke.py
+check onnxruntime-smoke 1 env SPARKFORGE_TARGET_SM=121 python3 recipes/onnxruntime/smoke.py
 cat "$out/summary.txt"
