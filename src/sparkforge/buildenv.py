@@ -11,22 +11,50 @@ from __future__ import annotations
 import hashlib
 import shutil
 import subprocess
+import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import BuildError
 from .lock import LockedRequirement
+from .resolve import platform_tags
 
 
 def requirements_text(requirements: Sequence[LockedRequirement]) -> str:
     return "".join(r.pip_line() + "\n" for r in sorted(requirements, key=lambda r: r.name))
 
 
-def env_path(python_version: str, requirements: Sequence[LockedRequirement], envs: Path) -> Path:
-    """Where the venv for this interpreter version and requirement set lives."""
+def env_path(
+    python_version: str, requirements: Sequence[LockedRequirement], envs: Path, *, flavour: str
+) -> Path:
+    """Where the venv for this runner flavour, interpreter and requirement set lives."""
     text = requirements_text(requirements)
-    key = hashlib.sha256(f"{python_version}\n{text}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{flavour}\n{python_version}\n{text}".encode()).hexdigest()[:16]
     return envs / f"py{python_version}-{key}"
+
+
+def stage_wheels(
+    requirements: Sequence[LockedRequirement], *, python: str, manylinux: str, dest: Path
+) -> None:
+    """Download the locked wheels for the target's platform into ``dest``, hash-checked.
+
+    A build that runs without network (the container runner) installs from here.
+    """
+    if not requirements:
+        return
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", suffix=".txt") as req_file:
+        req_file.write(requirements_text(requirements))
+        req_file.flush()
+        nodot = python.replace(".", "")
+        argv = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+                "--require-hashes", "--no-deps", "--only-binary=:all:", "--python-version", python,
+                "--implementation", "cp", "--abi", f"cp{nodot}", "--abi", "abi3", "--abi", "none",
+                "-d", str(dest), "-r", req_file.name]  # fmt: skip
+        for tag in platform_tags(manylinux):
+            argv += ["--platform", tag]
+        _run(argv, f"download the locked build requirements for {manylinux}")
 
 
 def build_env(

@@ -14,13 +14,14 @@ from rich.console import Console
 from . import __version__
 from .archs import CudaArch, parse_arch
 from .build import BuildOptions, execute, plan, up_to_date
+from .containers import base_digest, find_engine, load_engine_settings
 from .errors import ConfigError, SparkforgeError
 from .index import Wheelhouse
 from .lock import read_lock, write_lock
 from .patches import load_series
 from .recipes import available_recipes, load_recipe
 from .resolve import lock_entry
-from .runners import HostRunner
+from .runners import ContainerRunner, HostRunner, Runner
 from .smoke import SKIPPED, run_smoke
 from .targets import DEFAULT_TARGET, available_targets, load_target
 from .workspace import Workspace
@@ -58,6 +59,32 @@ def _archs(values: Sequence[str]) -> tuple[CudaArch, ...]:
     return tuple(archs)
 
 
+def _runner(args: argparse.Namespace, project: Path, workspace: Workspace) -> Runner:
+    """The runner the command line asks for; the container one is configured from the
+    target's builder image, lock.toml's pin for it and the engine settings."""
+    if args.runner == "host":
+        return HostRunner()
+    target = load_target(project, args.target)
+    base = args.base_image or target.builder_image
+    settings = load_engine_settings(project, args.engines)
+    return ContainerRunner(
+        engine=find_engine(args.engine, settings),
+        dockerfile=project / "Dockerfile.builder",
+        base_image=base,
+        locked_digest=read_lock(project / "lock.toml").builder.get(base),
+        allow_unpinned=args.allow_unpinned_base,
+        mounts=(workspace.root,),
+        build_args=_build_args(args.build_arg),
+    )
+
+
+def _build_args(items: Sequence[str]) -> dict[str, str]:
+    bad = [item for item in items if "=" not in item]
+    if bad:
+        raise ConfigError(f"--build-arg: '{bad[0]}' is not KEY=VALUE")
+    return dict(item.split("=", 1) for item in items)
+
+
 def _wheelhouse(args: argparse.Namespace) -> Path:
     chosen: Path = args.wheelhouse or args.project / "wheelhouse"
     return chosen.resolve()
@@ -72,13 +99,15 @@ def cmd_build(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         force=args.force,
         allow_arch_gaps=args.allow_arch_gaps,
+        python=args.python,
     )
+    workspace = Workspace.locate(args.workspace)
     the_plan = plan(
         project,
         args.recipe,
         args.target,
-        HostRunner(),
-        Workspace.locate(args.workspace),
+        _runner(args, project, workspace),
+        workspace,
         _wheelhouse(args),
         options,
         dry_run=args.dry_run,
@@ -151,6 +180,17 @@ def cmd_lock(args: argparse.Namespace) -> int:
     lock_path = project / "lock.toml"
     lock = read_lock(lock_path)
     names = args.recipes or available_recipes(project)
+    if args.builder:
+        settings = load_engine_settings(project, args.engines)
+        engine = find_engine(args.engine, settings)
+        for name in args.target or available_targets(project):
+            ref = load_target(project, name).builder_image
+            lock.builder[ref] = base_digest(engine, ref)
+            console.print(f"pinned builder base {ref}: {lock.builder[ref]} (target {name})")
+        if not args.recipes and not args.upgrade:
+            write_lock(lock_path, lock)
+            console.print(f"wrote {lock_path}")
+            return 0
     upgrade = set(args.upgrade)
     for name in upgrade - set(names):
         names.append(name)
@@ -245,6 +285,20 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--allow-arch-gaps", action="store_true", help="publish even if the audit says it won't run"
     )
+    build.add_argument("--python", help="build for this Python (X.Y) instead of the target's")
+    build.add_argument("--runner", choices=["host", "container"], default="host",
+                       help="where build steps run (default: host)")  # fmt: skip
+    build.add_argument(
+        "--engine", help="container engine: docker or podman (default: docker, else podman)"
+    )
+    build.add_argument("--engines", type=Path, help="engine settings file (default: engines.toml)")
+    build.add_argument(
+        "--base-image", help="builder base image (default: the target's builder_image)"
+    )
+    build.add_argument("--build-arg", action="append", default=[], metavar="KEY=VALUE",
+                       help="extra Dockerfile.builder build argument")  # fmt: skip
+    build.add_argument("--allow-unpinned-base", action="store_true",
+                       help="build the image from a base not pinned in lock.toml (recorded)")  # fmt: skip
     _common(build)
     build.set_defaults(func=cmd_build)
 
@@ -268,6 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RECIPE",
         help="move branch refs and requirements to their newest commit/version",
     )
+    lock.add_argument("--builder", action="store_true",
+                      help="pin the targets' builder base images (needs docker or podman with the image)")  # fmt: skip
+    lock.add_argument(
+        "--target", action="append", default=[], help="with --builder: only these targets"
+    )
+    lock.add_argument("--engine", help="container engine for --builder")
+    lock.add_argument("--engines", type=Path, help="engine settings file")
     _common(lock)
     lock.set_defaults(func=cmd_lock)
 

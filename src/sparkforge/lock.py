@@ -90,6 +90,8 @@ class LockEntry(StrictModel):
 
 class LockFile(StrictModel):
     format: int
+    # Builder base images: reference (as in targets/*.toml) → the digest that pins it.
+    builder: dict[str, str] = Field(default_factory=dict)
     recipes: dict[str, dict[str, LockEntry]] = Field(default_factory=dict)
 
 

@@ -68,6 +68,7 @@ def statement(
     started: float,
     audit: dict[str, Any],
     arch_gaps_allowed: bool,
+    toolchain: dict[str, str],
 ) -> dict[str, Any]:
     """The provenance statement for one published wheel."""
     return {
@@ -97,7 +98,7 @@ def statement(
             "runDetails": {
                 "builder": {
                     "id": f"urn:sparkforge:runner:{plan.runner_identity['runner']}",
-                    "version": {"sparkforge": __version__, **plan.runner_identity},
+                    "version": {"sparkforge": __version__, **plan.runner_identity, **toolchain},
                 },
                 "metadata": {
                     "invocationId": str(uuid.uuid4()),

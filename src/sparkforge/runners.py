@@ -19,8 +19,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from .errors import ConfigError
+from .buildenv import build_env, requirements_text, stage_wheels
+from .containers import (
+    BuilderImage,
+    ContainerError,
+    Engine,
+    ImageSpec,
+    check_usable,
+    ensure_image,
+    run_argv,
+)
+from .errors import BuildError, ConfigError
+from .lock import LockedRequirement
 from .targets import Target
+from .wheels import Executor
+from .workspace import Workspace
 
 LineSink = Callable[[str], None]
 
@@ -39,6 +52,25 @@ class Runner(Protocol):
 
     def run(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, sink: LineSink) -> int:
         """Run ``argv``; every output line goes to ``sink``; returns the exit code."""
+
+    def prepare(self, target: Target, sink: LineSink) -> dict[str, str]:
+        """Get ready to run (e.g. build the image); returns toolchain facts for provenance."""
+
+    def make_env(
+        self,
+        target: Target,
+        requirements: Sequence[LockedRequirement],
+        final: Path,
+        workspace: Workspace,
+        sink: LineSink,
+    ) -> None:
+        """Create the build venv at ``final`` with exactly the locked requirements."""
+
+    def auditwheel(self, sink: LineSink) -> tuple[Sequence[str] | None, Executor | None]:
+        """The auditwheel command and where to run it (None, None: here)."""
+
+    def has_ccache(self) -> bool:
+        """Whether ccache is available where build commands run."""
 
 
 def _output(argv: Sequence[str]) -> str:
@@ -102,6 +134,26 @@ class HostRunner:
             "python": self._version_of(self.python(target.python)),
         }
 
+    def prepare(self, target: Target, sink: LineSink) -> dict[str, str]:
+        return {}
+
+    def make_env(
+        self,
+        target: Target,
+        requirements: Sequence[LockedRequirement],
+        final: Path,
+        workspace: Workspace,
+        sink: LineSink,
+    ) -> None:
+        python = self.python(target.python)
+        build_env(python, self._version_of(python), requirements, final)
+
+    def auditwheel(self, sink: LineSink) -> tuple[Sequence[str] | None, Executor | None]:
+        return None, None
+
+    def has_ccache(self) -> bool:
+        return shutil.which("ccache") is not None
+
     def python(self, version: str) -> str:
         if version not in self._pythons:
             self._pythons[version] = find_python(version)
@@ -112,35 +164,34 @@ class HostRunner:
         return _last_line([python, "-c", "import platform; print(platform.python_version())"])
 
     def run(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, sink: LineSink) -> int:
-        process = subprocess.Popen(
-            list(argv),
-            cwd=cwd,
-            env=dict(env),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            bufsize=1,
-            text=True,
-            errors="replace",
-        )
-        stdout = process.stdout
-        assert stdout is not None
+        return _stream(list(argv), env=dict(env), cwd=cwd, sink=sink)
 
-        def pump() -> None:
-            for line in stdout:
-                sink(line.rstrip("\n"))
 
-        reader = threading.Thread(target=pump)
-        reader.start()
-        try:
-            code = process.wait()
-        except KeyboardInterrupt:
-            process.terminate()
-            process.wait()
-            raise
-        finally:
-            reader.join()
-        return code
+def _stream(
+    argv: list[str], *, env: dict[str, str] | None, cwd: Path | None, sink: LineSink
+) -> int:
+    """Run ``argv``, every output line to ``sink``; Ctrl-C stops the child too."""
+    process = subprocess.Popen(
+        argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL, bufsize=1, text=True, errors="replace",
+    )  # fmt: skip
+    stdout = process.stdout
+    assert stdout is not None
+
+    def pump() -> None:
+        for line in stdout:
+            sink(line.rstrip("\n"))
+
+    reader = threading.Thread(target=pump)
+    reader.start()
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        process.terminate()
+        process.wait()
+        raise
+    finally:
+        reader.join()
 
 
 def find_python(version: str) -> str:
@@ -165,3 +216,146 @@ def find_python(version: str) -> str:
         f"target needs Python {version} and none was found (looked at SPARKFORGE_PYTHON, "
         f"python{version} on PATH, pyenv, uv); install it or set SPARKFORGE_PYTHON to its path"
     )
+
+
+# Where the builder image keeps the pipeline's own tools (see Dockerfile.builder).
+IMAGE_TOOLS_PYTHON = "/opt/sparkforge-tools/bin/python"
+PLATFORMS = {"aarch64": "linux/arm64", "x86_64": "linux/amd64"}
+_QEMU = {"aarch64": "qemu-aarch64", "x86_64": "qemu-x86_64"}
+
+
+@dataclass
+class ContainerRunner:
+    """Runs build steps in the builder image (docker or podman).
+
+    The workspace is mounted at the same path inside, so a plan's paths mean the
+    same in both runners. Build commands get no network (``--network none``):
+    sources, assets and build requirements are fetched and verified on the host
+    first. The image itself is built (or found) in :meth:`prepare`, so a dry run
+    never builds one.
+    """
+
+    engine: Engine
+    dockerfile: Path
+    base_image: str
+    locked_digest: str | None
+    allow_unpinned: bool
+    mounts: tuple[Path, ...]
+    build_args: dict[str, str] = field(default_factory=dict)
+    name: str = "container"
+    image: BuilderImage | None = None
+    toolchain: dict[str, str] = field(default_factory=dict)
+
+    def spec(self, target: Target) -> ImageSpec:
+        return ImageSpec(
+            self.dockerfile, self.base_image, PLATFORMS[target.machine], self.build_args
+        )
+
+    def check(self, target: Target) -> None:
+        if not self.dockerfile.is_file():
+            raise ConfigError(f"{self.dockerfile}: builder Dockerfile not found")
+        if target.machine != platform.machine():
+            binfmt = Path("/proc/sys/fs/binfmt_misc") / _QEMU[target.machine]
+            enabled = binfmt.is_file() and binfmt.read_text().startswith("enabled")
+            if not enabled:
+                raise ConfigError(
+                    f"--target {target.name}: building {target.platform} on this {platform.machine()} "
+                    f"machine needs {_QEMU[target.machine]} emulation (binfmt_misc); install "
+                    "qemu-user-static and binfmt-support and run `update-binfmts --enable "
+                    f"{_QEMU[target.machine]}`, or build on an {target.machine} machine"
+                )
+
+    def identity(self, target: Target) -> dict[str, str]:
+        return {
+            "runner": self.name,
+            "engine": self.engine.name,
+            "machine": target.machine,
+            "image": self.spec(target).tag(),
+            "base_image": self.base_image,
+            "base_digest": self.locked_digest or "unpinned",
+            "python": target.python,
+        }
+
+    def python(self, version: str) -> str:
+        return "python3"
+
+    def prepare(self, target: Target, sink: LineSink) -> dict[str, str]:
+        """Build or find the image, prove the engine can start it, read the toolchain."""
+        self.image = ensure_image(self.engine, self.spec(target), locked_digest=self.locked_digest,
+                                  allow_unpinned=self.allow_unpinned, sink=sink)  # fmt: skip
+        check_usable(self.engine, self.image.tag, self.image.platform)
+        probe = ("nvcc --version | sed -n 's/.*V\\([0-9.]*\\).*/nvcc \\1/p'; "
+                 "gcc -dumpfullversion | sed 's/^/gcc /'; "
+                 "python3 -c 'import platform; print(\"python\", platform.python_version())'")  # fmt: skip
+        lines: list[str] = []
+        if self.run(["sh", "-c", probe], env={}, cwd=Path("/"), sink=lines.append) != 0:
+            raise ContainerError(
+                f"cannot read the toolchain versions in {self.image.tag}: {lines[-1:]}"
+            )
+        versions = dict(line.split(" ", 1) for line in lines if " " in line)
+        py = versions.get("python", "")
+        if not py.startswith(target.python + "."):
+            raise ContainerError(
+                f"builder image {self.image.tag} has Python {py or '?'}, the build needs "
+                f"{target.python}; use a base image with Python {target.python} or --python {py[:4]}"
+            )
+        self.toolchain = {
+            **versions, "engine_version": self.engine.version(), "image_id": self.image.image_id,
+            "base_digest": self.image.base_digest,
+        }  # fmt: skip
+        return self.toolchain
+
+    def make_env(
+        self,
+        target: Target,
+        requirements: Sequence[LockedRequirement],
+        final: Path,
+        workspace: Workspace,
+        sink: LineSink,
+    ) -> None:
+        """Stage the locked wheels on the host, then install them offline in the image."""
+        text = requirements_text(requirements)
+        if (final / ".complete").exists():
+            return
+        wheels = workspace.root / "wheels" / target.manylinux / f"py{target.python}"
+        stage_wheels(requirements, python=target.python, manylinux=target.manylinux, dest=wheels)
+        if final.exists():
+            shutil.rmtree(final)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        req_file = final.parent / f".{final.name}.requirements.txt"
+        req_file.write_text(text)
+        steps = [["python3", "-m", "venv", str(final)]]
+        if requirements:
+            steps.append([str(final / "bin" / "python"), "-m", "pip", "install", "--quiet",
+                          "--disable-pip-version-check", "--no-index", "--find-links", str(wheels),
+                          "--require-hashes", "--no-deps", "-r", str(req_file)])  # fmt: skip
+        for argv in steps:
+            if self.run(argv, env={"HOME": "/tmp"}, cwd=final.parent, sink=sink) != 0:
+                raise BuildError(
+                    f"cannot create the build venv in {self.image.tag if self.image else 'the image'} "
+                    f"(`{' '.join(argv[:4])} …` failed); see the log"
+                )
+        req_file.unlink()
+        (final / ".complete").write_text(text)
+
+    def auditwheel(self, sink: LineSink) -> tuple[Sequence[str] | None, Executor | None]:
+        def execute(argv: list[str], env: dict[str, str]) -> tuple[int, list[str]]:
+            tail: list[str] = []
+
+            def collect(line: str) -> None:
+                sink(line)
+                tail.append(line)
+
+            return self.run(argv, env=env, cwd=Path("/"), sink=collect), tail[-20:]
+
+        return [IMAGE_TOOLS_PYTHON, "-m", "auditwheel"], execute
+
+    def has_ccache(self) -> bool:
+        return True  # Dockerfile.builder installs it
+
+    def run(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, sink: LineSink) -> int:
+        if self.image is None:
+            raise ContainerError("the builder image is not ready (prepare() was not called)")
+        command = run_argv(self.engine, self.image, argv, env=dict(env), cwd=cwd, mounts=self.mounts,
+                           gpus=False, network=False)  # fmt: skip
+        return _stream(command, env=None, cwd=None, sink=sink)

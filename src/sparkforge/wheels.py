@@ -63,6 +63,10 @@ def read_metadata(wheel: Path) -> bytes:
         return archive.read(f"{_dist_info_dir(archive.namelist(), wheel)}/METADATA")
 
 
+#: Runs a command somewhere (e.g. in a container); returns its exit code and output tail.
+Executor = Callable[[list[str], dict[str, str]], tuple[int, list[str]]]
+
+
 def repair(
     raw_wheel: Path,
     *,
@@ -71,8 +75,15 @@ def repair(
     out_dir: Path,
     env: Mapping[str, str] | None = None,
     log: Callable[[str], None] | None = None,
+    auditwheel: Sequence[str] | None = None,
+    execute: Executor | None = None,
 ) -> Path:
     """Repair ``raw_wheel`` to the manylinux ``policy`` with auditwheel; return the new wheel.
+
+    ``auditwheel`` is the command to run it (default: this interpreter's) and
+    ``execute`` where to run it (default: here). auditwheel only repairs wheels of
+    the machine it runs on, so a container runner passes both to repair inside
+    the builder image.
 
     ``--only-plat`` keeps the tag at exactly ``policy`` (plus its legacy alias,
     if any) instead of the highest tag the symbols allow, so the tag says what
@@ -87,9 +98,7 @@ def repair(
         return _copy_atomic(raw_wheel, out_dir / raw_wheel.name)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".repair-") as work:
         command = [
-            sys.executable,
-            "-m",
-            "auditwheel",
+            *(auditwheel or (sys.executable, "-m", "auditwheel")),
             "repair",
             "--plat",
             policy,
@@ -99,7 +108,10 @@ def repair(
             work,
             str(raw_wheel),
         ]
-        returncode, tail = _run_streaming(command, _auditwheel_env(env), log)
+        if execute is None:
+            returncode, tail = _run_streaming(command, _auditwheel_env(env), log)
+        else:
+            returncode, tail = execute(command, dict(env or {}))
         produced = sorted(Path(work).glob("*.whl"))
         if returncode != 0 or len(produced) != 1:
             raise WheelError(
