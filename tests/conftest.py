@@ -45,13 +45,14 @@ def cli(capsys: pytest.CaptureFixture[str]) -> CliRunner:
 
 
 def copy_project(dest: Path) -> Path:
-    """targets/, recipes/, patches/, probe/ and lock.toml of this repository."""
+    """targets/, recipes/, patches/, probe/, lock.toml and the builder files of this repository."""
     for name in ("targets", "recipes", "probe"):
         shutil.copytree(
             REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "build")
         )
     (dest / "patches").mkdir()
-    shutil.copy2(REPO / "lock.toml", dest / "lock.toml")
+    for name in ("lock.toml", "Dockerfile.builder", "engines.toml"):
+        shutil.copy2(REPO / name, dest / name)
     return dest
 
 

@@ -134,6 +134,8 @@ def read_lock(path: Path) -> LockFile:
 def write_lock(path: Path, lock: LockFile) -> None:
     """Write ``lock.toml`` atomically, keys sorted so diffs stay small."""
     data = lock.model_dump(mode="json", exclude_none=True)
+    if not data["builder"]:
+        del data["builder"]
     data["recipes"] = {
         name: {version: data["recipes"][name][version] for version in sorted(data["recipes"][name])}
         for name in sorted(data["recipes"])
