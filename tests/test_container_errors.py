@@ -126,3 +126,27 @@ def test_engine_that_cannot_start_containers(
     )
     assert "engines.toml" in line and "ci/engines.toml" in line
     assert os.path.exists(tiny / "Dockerfile.builder")
+
+
+def test_smoke_without_gpu_runtime(cli: CliRunner, tiny: Path, tmp_path: Path, shared_workspace: Path,
+                                   fake_podman: Path) -> None:  # fmt: skip
+    assert (
+        cli(
+            "build",
+            "tiny",
+            "--target",
+            "hopper",
+            "--project",
+            tiny,
+            "--workspace",
+            shared_workspace,
+        ).code
+        == 0
+    )
+    result = cli("smoke", "tiny", "--target", "hopper", "--runner", "container", "--engine", "podman",
+                 "--base-image", "localhost/base:1", "--allow-unpinned-base", "--project", tiny,
+                 "--workspace", tmp_path / "ws")  # fmt: skip
+    _one_line(
+        result,
+        r"podman has no NVIDIA CDI spec \(/etc/cdi/nvidia\.yaml\), so no GPU for the smoke test: install the NVIDIA Container Toolkit",
+    )

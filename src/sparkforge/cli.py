@@ -22,7 +22,7 @@ from .patches import load_series
 from .recipes import available_recipes, load_recipe
 from .resolve import lock_entry
 from .runners import ContainerRunner, HostRunner, Runner
-from .smoke import SKIPPED, run_smoke
+from .smoke import SKIPPED, run_smoke, run_smoke_in_container
 from .targets import DEFAULT_TARGET, available_targets, load_target
 from .workspace import Workspace
 
@@ -46,6 +46,22 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--wheelhouse", type=Path, help="wheelhouse directory (default: <project>/wheelhouse)"
     )
+
+
+def _runner_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runner", choices=["host", "container"], default="host",
+                        help="where steps run (default: host)")  # fmt: skip
+    parser.add_argument(
+        "--engine", help="container engine: docker or podman (default: docker, else podman)"
+    )
+    parser.add_argument("--engines", type=Path, help="engine settings file (default: engines.toml)")
+    parser.add_argument(
+        "--base-image", help="builder base image (default: the target's builder_image)"
+    )
+    parser.add_argument("--build-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra Dockerfile.builder build argument")  # fmt: skip
+    parser.add_argument("--allow-unpinned-base", action="store_true",
+                        help="build the image from a base not pinned in lock.toml (recorded)")  # fmt: skip
 
 
 def _archs(values: Sequence[str]) -> tuple[CudaArch, ...]:
@@ -143,17 +159,27 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     project = args.project.resolve()
     recipe = load_recipe(project, args.recipe)
     target = load_target(project, args.target)
-    python = args.python or HostRunner().python(target.python)
-    result = run_smoke(
-        script=recipe.smoke_script,
-        dist=recipe.spec.dist,
-        version=args.version,
-        wheelhouse=_wheelhouse(args),
-        python=python,
-        requires=recipe.spec.smoke.requires,
-        require_gpu=args.require_gpu,
-        target_sm=target.cuda_archs[0].sm,
-    )
+    if args.runner == "container":
+        workspace = Workspace.locate(args.workspace)
+        runner = _runner(args, project, workspace)
+        assert isinstance(runner, ContainerRunner)
+        runner.check(target)
+        result = run_smoke_in_container(
+            runner=runner, target=target, script=recipe.smoke_script, dist=recipe.spec.dist,
+            version=args.version, wheelhouse=_wheelhouse(args), requires=recipe.spec.smoke.requires,
+            require_gpu=args.require_gpu, scratch=workspace.root / "smoke",
+        )  # fmt: skip
+    else:
+        result = run_smoke(
+            script=recipe.smoke_script,
+            dist=recipe.spec.dist,
+            version=args.version,
+            wheelhouse=_wheelhouse(args),
+            python=args.python or HostRunner().python(target.python),
+            requires=recipe.spec.smoke.requires,
+            require_gpu=args.require_gpu,
+            target_sm=target.cuda_archs[0].sm,
+        )
     sys.stdout.write(result.output)
     if result.status == "passed":
         console.print(
@@ -310,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     smoke.add_argument("--version", dest="version", help="exact wheel version to install")
     smoke.add_argument("--python", help="interpreter for the venv (default: the target's Python)")
     smoke.add_argument("--require-gpu", action="store_true", help="no CUDA device is a failure")
+    _runner_options(smoke)
     _common(smoke)
     smoke.set_defaults(func=cmd_smoke)
 

@@ -245,3 +245,22 @@ def run_argv(
     for key, value in env.items():
         options += ["--env", f"{key}={value}"]
     return engine.argv(*options, image.tag, *argv)
+
+
+CDI_SPECS = (Path("/etc/cdi/nvidia.yaml"), Path("/var/run/cdi/nvidia.yaml"))
+
+
+def check_gpu_runtime(engine: Engine) -> None:
+    """GPUs reach containers only through the NVIDIA Container Toolkit: docker's
+    ``nvidia`` runtime, or a CDI spec for podman. Say so before a smoke run."""
+    fix = ("install the NVIDIA Container Toolkit (and for podman run `nvidia-ctk cdi generate "
+           "--output=/etc/cdi/nvidia.yaml`), or run the smoke test with --runner host")  # fmt: skip
+    if engine.name == "podman":
+        if not any(path.is_file() for path in CDI_SPECS):
+            raise ContainerError(
+                f"podman has no NVIDIA CDI spec ({CDI_SPECS[0]}), so no GPU for the smoke test: {fix}"
+            )
+        return
+    runtimes = engine.output("info", "--format", "{{json .Runtimes}}")
+    if "nvidia" not in runtimes:
+        raise ContainerError(f"docker has no nvidia runtime, so no GPU for the smoke test: {fix}")

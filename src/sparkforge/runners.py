@@ -353,9 +353,11 @@ class ContainerRunner:
     def has_ccache(self) -> bool:
         return True  # Dockerfile.builder installs it
 
-    def run(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, sink: LineSink) -> int:
+    def run(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, sink: LineSink,
+            gpus: bool = False, network: bool = False, extra_mounts: Sequence[Path] = ()) -> int:  # fmt: skip
+        """Build steps get no GPU and no network; smoke tests ask for both."""
         if self.image is None:
             raise ContainerError("the builder image is not ready (prepare() was not called)")
-        command = run_argv(self.engine, self.image, argv, env=dict(env), cwd=cwd, mounts=self.mounts,
-                           gpus=False, network=False)  # fmt: skip
+        command = run_argv(self.engine, self.image, argv, env=dict(env), cwd=cwd,
+                           mounts=(*self.mounts, *extra_mounts), gpus=gpus, network=network)  # fmt: skip
         return _stream(command, env=None, cwd=None, sink=sink)

@@ -10,14 +10,18 @@ the target's arch from ``SPARKFORGE_TARGET_SM`` (e.g. ``121``).
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .containers import check_gpu_runtime
 from .errors import SmokeError
 from .index import Wheelhouse
+from .runners import ContainerRunner
+from .targets import Target
 
 SKIPPED = 77
 
@@ -46,6 +50,58 @@ def _installer_argv(
     if extra:
         steps.append([*base, *extra])
     return "pip", steps
+
+
+def _status(code: int, require_gpu: bool) -> str:
+    if code == 0:
+        return "passed"
+    return "skipped" if code == SKIPPED and not require_gpu else "failed"
+
+
+#: Exit code of the container smoke script when installing (not the test) failed.
+_INSTALL_FAILED = 90
+
+
+def run_smoke_in_container(*, runner: ContainerRunner, target: Target, script: Path, dist: str,
+                           version: str | None, wheelhouse: Path, requires: list[str],
+                           require_gpu: bool, scratch: Path) -> SmokeResult:  # fmt: skip
+    """The same smoke test inside the builder image, with the GPUs passed in.
+
+    The wheelhouse is mounted at its own path and used as the only index for the
+    wheel; the smoke requirements come from the default index (network on).
+    """
+    if not Wheelhouse(wheelhouse).wheels(dist):
+        raise SmokeError(
+            f"{wheelhouse}: no {dist} wheel in the wheelhouse; build it first (nox -s build-…)"
+        )
+    check_gpu_runtime(runner.engine)
+    runner.prepare(target, lambda line: None)
+    requirement = f"{dist}=={version}" if version else dist
+    index = Wheelhouse(wheelhouse).index_url()
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="smoke-", dir=scratch) as tmp:
+        shutil.copy2(script, Path(tmp) / "smoke.py")
+        venv = f"{tmp}/venv"
+        extra = (
+            f"{venv}/bin/pip install -q {shlex.join(requires)} || exit {_INSTALL_FAILED}; "
+            if requires
+            else ""
+        )
+        program = (
+            f"python3 -m venv {venv} || exit {_INSTALL_FAILED}; "
+            f"{venv}/bin/pip install -q --isolated --index-url {index} --no-deps {shlex.quote(requirement)} "
+            f"|| exit {_INSTALL_FAILED}; {extra}exec {venv}/bin/python {tmp}/smoke.py"
+        )
+        lines: list[str] = []
+        code = runner.run(["sh", "-c", program], env={"HOME": tmp, "SPARKFORGE_TARGET_SM":
+                          str(target.cuda_archs[0].sm)}, cwd=Path(tmp), sink=lines.append,
+                          gpus=True, network=True, extra_mounts=(wheelhouse,))  # fmt: skip
+    output = "\n".join(lines) + "\n"
+    if code == _INSTALL_FAILED:
+        raise SmokeError(
+            f"cannot install {requirement} from {index} in {runner.engine.name}: {lines[-1] if lines else 'failed'}"
+        )
+    return SmokeResult(_status(code, require_gpu), code, output, f"pip in {runner.engine.name}")
 
 
 def run_smoke(
@@ -89,10 +145,4 @@ def run_smoke(
             [str(venv_python), str(script)], capture_output=True, text=True, cwd=tmp, env=env
         )
     output = ran.stdout + ran.stderr
-    if ran.returncode == 0:
-        status = "passed"
-    elif ran.returncode == SKIPPED and not require_gpu:
-        status = "skipped"
-    else:
-        status = "failed"
-    return SmokeResult(status, ran.returncode, output, installer)
+    return SmokeResult(_status(ran.returncode, require_gpu), ran.returncode, output, installer)
