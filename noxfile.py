@@ -60,6 +60,31 @@ def doctor(session: nox.Session) -> None:
     session.run("sparkforge", "doctor", *session.posargs)
 
 
+@nox.session(name="e2e-aarch64")
+def e2e_aarch64(session: nox.Session) -> None:
+    """The probe for dgx-spark in an emulated arm64 builder container (podman + qemu).
+
+    Builds the arm64 stand-in base (Debian + CUDA 13 from PyPI; no registry
+    needed), Dockerfile.builder on it, then the probe inside, and checks the
+    wheel with auditwheel and sparkforge inspect. Python is the stand-in's 3.11.
+    """
+    _install(session)
+    base = session.run("python", "tools/standin_base.py", "--arch", "arm64", silent=True)
+    image = str(base).strip().splitlines()[-1]
+    wheelhouse = ".e2e-aarch64/wheelhouse"
+    session.run(
+        "sparkforge", "build", "sm121-probe", "--target", "dgx-spark", "--python", "3.11",
+        "--runner", "container", "--engine", "podman", "--engines", "ci/engines.toml",
+        "--base-image", image, "--allow-unpinned-base", "--build-arg", "CUDA_APT_PACKAGES=",
+        "--wheelhouse", wheelhouse, *session.posargs,
+    )  # fmt: skip
+    wheels = sorted(Path(wheelhouse, "files").glob("sm121_probe-*manylinux_2_*_aarch64.whl"))
+    if not wheels:
+        session.error(f"no manylinux aarch64 probe wheel in {wheelhouse}/files")
+    session.run("auditwheel", "show", str(wheels[-1]))
+    session.run("sparkforge", "inspect", str(wheels[-1]), "--target", "dgx-spark")
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """The whole test suite (GPU tests skip without a CUDA device)."""

@@ -301,7 +301,7 @@ class ContainerRunner:
             )
         self.toolchain = {
             **versions, "engine_version": self.engine.version(), "image_id": self.image.image_id,
-            "base_digest": self.image.base_digest,
+            "base_image_digest": self.image.base_digest,
         }  # fmt: skip
         return self.toolchain
 
