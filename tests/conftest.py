@@ -51,7 +51,7 @@ def copy_project(dest: Path) -> Path:
             REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "build")
         )
     (dest / "patches").mkdir()
-    for name in ("lock.toml", "Dockerfile.builder", "engines.toml"):
+    for name in ("lock.toml", "Dockerfile.builder", "builder-tools.txt", "engines.toml"):
         shutil.copy2(REPO / name, dest / name)
     return dest
 

