@@ -39,6 +39,14 @@ for _recipe in RECIPES:
     _make_recipe_sessions(_recipe)
 
 
+@nox.session(name="verify-repro")
+def verify_repro(session: nox.Session) -> None:
+    """Rebuild a recipe from the lock in a fresh workspace and compare:
+    `nox -s verify-repro -- RECIPE [build options]`."""
+    _install(session)
+    session.run("sparkforge", "verify-repro", *session.posargs)
+
+
 @nox.session
 def lock(session: nox.Session) -> None:
     """(Re)resolve lock.toml: `nox -s lock -- [RECIPE ...] [--upgrade RECIPE]`."""

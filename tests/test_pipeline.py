@@ -247,3 +247,15 @@ def test_git_source_checks_out_submodules_recursively(
     wheel = next((tiny / "wheelhouse" / "files").glob("*.whl"))
     with zipfile.ZipFile(wheel) as archive:
         assert archive.read("sf_tiny/data/value.txt") == b"from the submodule\n"
+
+
+def test_a_new_build_key_with_the_same_bytes_is_then_a_noop(
+    cli: CliRunner, tiny: Path, shared_workspace: Path
+) -> None:
+    assert _build(cli, tiny, shared_workspace).code == 0
+    recipe = tiny / "recipes" / "tiny" / "recipe.toml"
+    recipe.write_text("# a comment changes the build key, not the wheel\n" + recipe.read_text())
+    again = _build(cli, tiny, shared_workspace)
+    assert again.code == 0 and "published" in again.out, "new key: built and published (same bytes)"
+    third = _build(cli, tiny, shared_workspace)
+    assert "up to date" in third.out, "the new key now finds the stored wheel"

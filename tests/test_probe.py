@@ -210,15 +210,18 @@ def test_smoke_on_gpu(built: Built, capsys: pytest.CaptureFixture[str]) -> None:
     assert "PASS" in capsys.readouterr().out
 
 
-def test_rebuild_elsewhere_gives_identical_bytes(built: Built, tmp_path: Path) -> None:
-    """Same inputs in another project and workspace path: the same wheel, bit for bit."""
-    project = copy_project(tmp_path / "elsewhere")
-    assert main(_build_args(project, tmp_path / "ws2")) == 0
-    again = project / "wheelhouse" / "files" / WHEEL
-    assert (
-        hashlib.sha256(again.read_bytes()).hexdigest()
-        == hashlib.sha256(built.wheel.read_bytes()).hexdigest()
-    )
+def test_verify_repro_rebuilds_elsewhere_and_finds_identical_bytes(
+    built: Built, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`verify-repro`: the same inputs in a fresh workspace at another path, same wheel."""
+    args = _build_args(built.project, built.workspace)
+    args[0] = "verify-repro"
+    capsys.readouterr()
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    digest = hashlib.sha256(built.wheel.read_bytes()).hexdigest()
+    assert f"reproducible: {WHEEL} sha256 {digest} (both builds)" in out
+    assert "sparkforge-repro-" in out, "rebuilt in a fresh workspace elsewhere"
 
 
 def test_inspect_judges_the_wheel_for_each_target(

@@ -330,21 +330,8 @@ def plan(
 
 
 def up_to_date(plan: BuildPlan) -> Path | None:
-    """The wheel already published with this build key, if any.
-
-    Reads only provenance files (no wheel is hashed), so a no-op stays fast even
-    when the wheelhouse holds multi-GB wheels.
-    """
-    for provenance in sorted((plan.wheelhouse / "files").glob("*.whl.provenance.json")):
-        try:
-            data = json.loads(provenance.read_text())
-        except (OSError, ValueError):
-            continue
-        params = data.get("predicate", {}).get("buildDefinition", {}).get("internalParameters", {})
-        wheel = provenance.with_name(provenance.name.removesuffix(".provenance.json"))
-        if params.get("build_key") == plan.build_key and wheel.is_file():
-            return wheel
-    return None
+    """The wheel already published with this build key, if any (one file read)."""
+    return Wheelhouse(plan.wheelhouse).built(plan.build_key)
 
 
 def _one_wheel(pattern: str, recipe: Recipe) -> Path:
@@ -474,9 +461,9 @@ def _phases(plan: BuildPlan, log: BuildLog, started: float) -> StoredWheel:
             arch_gaps_allowed=bool(gaps),
             toolchain=toolchain,
         )
-        stored = Wheelhouse(plan.wheelhouse).publish(
-            final, json.dumps(body, indent=2, sort_keys=True).encode()
-        )
+        house = Wheelhouse(plan.wheelhouse)
+        stored = house.publish(final, json.dumps(body, indent=2, sort_keys=True).encode())
+        house.remember_build(plan.build_key, stored.filename)
     plan.workspace.record_durations(plan.history_key, log.durations)
     shutil.rmtree(plan.build_dir, ignore_errors=True)
     return stored

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ from .index import Wheelhouse
 from .lock import read_lock, write_lock
 from .patches import load_series
 from .recipes import available_recipes, load_recipe
+from .repro import compare_wheels, diffoscope_report
 from .resolve import lock_entry
 from .runners import ContainerRunner, HostRunner, Runner
 from .smoke import SKIPPED, run_smoke, run_smoke_in_container
@@ -45,6 +47,34 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--wheelhouse", type=Path, help="wheelhouse directory (default: <project>/wheelhouse)"
+    )
+
+
+def _build_arguments(parser: argparse.ArgumentParser) -> None:
+    """What decides a build: shared by build and verify-repro."""
+    parser.add_argument("recipe")
+    parser.add_argument("--target", default=DEFAULT_TARGET)
+    parser.add_argument(
+        "--version", dest="version", help="recipe version (default: the recipe's default)"
+    )
+    parser.add_argument("--cuda-arch", action="append", default=[],
+                        help="extra arch, e.g. 121 or 121a (repeatable)")  # fmt: skip
+    parser.add_argument("--jobs", type=int,
+                        help="compile jobs (default: min(cores, memory / recipe's memory per job))")  # fmt: skip
+    parser.add_argument("--allow-arch-gaps", action="store_true",
+                        help="publish even if the audit says it won't run")  # fmt: skip
+    parser.add_argument("--python", help="build for this Python (X.Y) instead of the target's")
+    _runner_options(parser)
+
+
+def _build_options(args: argparse.Namespace) -> BuildOptions:
+    return BuildOptions(
+        version=args.version,
+        extra_archs=_archs(args.cuda_arch),
+        jobs=args.jobs,
+        force=getattr(args, "force", False),
+        allow_arch_gaps=args.allow_arch_gaps,
+        python=args.python,
     )
 
 
@@ -109,14 +139,7 @@ def _wheelhouse(args: argparse.Namespace) -> Path:
 def cmd_build(args: argparse.Namespace) -> int:
     started = time.monotonic()
     project = args.project.resolve()
-    options = BuildOptions(
-        version=args.version,
-        extra_archs=_archs(args.cuda_arch),
-        jobs=args.jobs,
-        force=args.force,
-        allow_arch_gaps=args.allow_arch_gaps,
-        python=args.python,
-    )
+    options = _build_options(args)
     workspace = Workspace.locate(args.workspace)
     the_plan = plan(
         project,
@@ -153,6 +176,40 @@ def cmd_build(args: argparse.Namespace) -> int:
     )
     console.print(f"pipeline time {time.monotonic() - started:.2f} s")
     return 0
+
+
+def cmd_verify_repro(args: argparse.Namespace) -> int:
+    """Build again from the lock in a fresh workspace at another path; compare."""
+    project = args.project.resolve()
+    options = _build_options(args)
+    workspace = Workspace.locate(args.workspace)
+    wheelhouse = _wheelhouse(args)
+    original = plan(project, args.recipe, args.target, _runner(args, project, workspace), workspace,
+                    wheelhouse, options)  # fmt: skip
+    published = up_to_date(original)
+    if published is None:
+        raise ConfigError(
+            f"{wheelhouse}: no published {original.recipe.name} {original.version} build for "
+            f"{original.target.name} with build key {original.build_key[:12]}; build it first with "
+            "the same options (nox -s build-…)"
+        )
+    with tempfile.TemporaryDirectory(prefix="sparkforge-repro-") as tmp:
+        fresh = Workspace(Path(tmp) / "workspace")
+        again = plan(project, args.recipe, args.target, _runner(args, project, fresh), fresh,
+                     Path(tmp) / "wheelhouse", options)  # fmt: skip
+        console.print(f"rebuilding {again.recipe.name} {again.version} in {fresh.root} (build key "
+                      f"{again.build_key[:12]}) to compare with {published}")  # fmt: skip
+        rebuilt = execute(again, console).path
+        diff = compare_wheels(published, rebuilt)
+        for line in diff.lines():
+            console.print(line, markup=False)
+        if not diff.identical:
+            report = diffoscope_report(
+                published, rebuilt, workspace.logs / f"repro-{published.name}.txt"
+            )
+            if report is not None:
+                console.print(f"diffoscope report: {report}", markup=False)
+    return 0 if diff.identical else 1
 
 
 def cmd_smoke(args: argparse.Namespace) -> int:
@@ -287,46 +344,41 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import serve_wheelhouse
+
+    return serve_wheelhouse(_wheelhouse(args), args.host, args.port, quiet=args.quiet)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import ExportOptions, export_command
+
+    target = None if args.no_deps else load_target(args.project.resolve(), args.target)
+    options = ExportOptions(
+        index_url=args.index_url, deps_index_url=args.deps_index_url, target=target,
+        output=args.output, pip_conf=args.pip_conf, uv_toml=args.uv_toml,
+    )  # fmt: skip
+    return export_command(Wheelhouse(_wheelhouse(args)), args.projects, options)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sparkforge", description=__doc__)
     parser.add_argument("--version", action="version", version=f"sparkforge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     build = sub.add_parser("build", help="build a recipe into the wheelhouse")
-    build.add_argument("recipe")
-    build.add_argument("--target", default=DEFAULT_TARGET)
-    build.add_argument(
-        "--version", dest="version", help="recipe version (default: the recipe's default)"
-    )
-    build.add_argument(
-        "--cuda-arch", action="append", default=[], help="extra arch, e.g. 121 or 121a (repeatable)"
-    )
-    build.add_argument(
-        "--jobs",
-        type=int,
-        help="compile jobs (default: min(cores, memory / recipe's memory per job))",
-    )
+    _build_arguments(build)
     build.add_argument("--force", action="store_true", help="rebuild even when up to date")
     build.add_argument("--dry-run", action="store_true", help="print the full plan and do nothing")
-    build.add_argument(
-        "--allow-arch-gaps", action="store_true", help="publish even if the audit says it won't run"
-    )
-    build.add_argument("--python", help="build for this Python (X.Y) instead of the target's")
-    build.add_argument("--runner", choices=["host", "container"], default="host",
-                       help="where build steps run (default: host)")  # fmt: skip
-    build.add_argument(
-        "--engine", help="container engine: docker or podman (default: docker, else podman)"
-    )
-    build.add_argument("--engines", type=Path, help="engine settings file (default: engines.toml)")
-    build.add_argument(
-        "--base-image", help="builder base image (default: the target's builder_image)"
-    )
-    build.add_argument("--build-arg", action="append", default=[], metavar="KEY=VALUE",
-                       help="extra Dockerfile.builder build argument")  # fmt: skip
-    build.add_argument("--allow-unpinned-base", action="store_true",
-                       help="build the image from a base not pinned in lock.toml (recorded)")  # fmt: skip
     _common(build)
     build.set_defaults(func=cmd_build)
+
+    repro = sub.add_parser(
+        "verify-repro", help="rebuild from the lock elsewhere and compare with the wheelhouse"
+    )
+    _build_arguments(repro)
+    _common(repro)
+    repro.set_defaults(func=cmd_verify_repro)
 
     smoke = sub.add_parser(
         "smoke", help="install from the wheelhouse index into a fresh venv and run smoke.py"
@@ -380,6 +432,33 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--json", action="store_true")
     _common(doctor)
     doctor.set_defaults(func=cmd_doctor)
+
+    serve = sub.add_parser("serve", help="serve the wheelhouse index over HTTP (read-only)")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port, 0 for any (default: 8000)")
+    serve.add_argument("--quiet", action="store_true", help="no access log on stderr")
+    _common(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    export = sub.add_parser(
+        "export", help="pin the wheelhouse's wheels (and dependencies) by sha256 for installs"
+    )
+    export.add_argument("projects", nargs="*", metavar="PROJECT[==VERSION]",
+                        help="projects to pin (default: all, newest version of each)")  # fmt: skip
+    export.add_argument("--index-url", default="http://127.0.0.1:8000/simple/",
+                        help="the team index the configuration points at (default: sparkforge serve's)")  # fmt: skip
+    export.add_argument("-o", "--output", type=Path,
+                        help="requirements file to write (default: standard output)")  # fmt: skip
+    export.add_argument("--pip-conf", type=Path, help="also write a pip.conf for the team index")
+    export.add_argument("--uv-toml", type=Path, help="also write a uv.toml for the team index")
+    export.add_argument("--no-deps", action="store_true",
+                        help="pin only the wheelhouse's wheels, not their dependencies")  # fmt: skip
+    export.add_argument("--target", default=DEFAULT_TARGET,
+                        help="where the dependencies must install (default: dgx-spark)")  # fmt: skip
+    export.add_argument("--deps-index-url", default="https://pypi.org/simple",
+                        help="index the dependencies are resolved from (default: PyPI)")  # fmt: skip
+    _common(export)
+    export.set_defaults(func=cmd_export)
     return parser
 
 

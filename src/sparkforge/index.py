@@ -59,6 +59,7 @@ API_VERSION = "1.1"
 _FILES = "files"
 _INDEX = ".index"
 _SIMPLE = "simple"
+_KEYS = "keys"  # keys/<build key> → the wheel filename that build produced
 _METADATA_SUFFIX = ".metadata"
 _PROVENANCE_SUFFIX = ".provenance.json"
 
@@ -91,6 +92,25 @@ class Wheelhouse:
     def index_url(self) -> str:
         """The ``file://`` URL to give pip or uv as ``--index-url``."""
         return (self.root.absolute() / _SIMPLE).as_uri()
+
+    def remember_build(self, build_key: str, filename: str) -> None:
+        """Record that the build with ``build_key`` produced the stored ``filename``.
+
+        Several build keys can produce the same bytes (e.g. a changed recipe
+        comment); the store keeps the first provenance, and this record lets the
+        next build with any of those keys be a no-op.
+        """
+        (self.root / _KEYS).mkdir(parents=True, exist_ok=True)
+        _write_atomic(self.root / _KEYS / build_key, filename.encode())
+
+    def built(self, build_key: str) -> Path | None:
+        """The stored wheel a build key produced, if it is still there."""
+        try:
+            filename = (self.root / _KEYS / build_key).read_text().strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        wheel = self.files / filename
+        return wheel if "/" not in filename and wheel.is_file() else None
 
     def publish(self, wheel: Path, provenance: bytes) -> StoredWheel:
         """Store ``wheel`` with its sidecars, then regenerate the index.
