@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import faults
 from .errors import BuildError
 from .lock import LockedRequirement
 from .resolve import platform_tags
@@ -96,6 +97,7 @@ def build_env(
             "--quiet",
             "--disable-pip-version-check",
         ]
+    faults.point("env:partial")
     if requirements:
         _run(
             [*install, "--require-hashes", "--no-deps", "--only-binary=:all:", "-r", str(req_file)],

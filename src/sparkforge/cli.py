@@ -170,7 +170,13 @@ def cmd_build(args: argparse.Namespace) -> int:
         f"({', '.join(a.name for a in the_plan.archs)}), {the_plan.jobs} jobs, key {the_plan.build_key[:12]}"
     )
     console.print(f"log: {the_plan.log_path}")
-    stored = execute(the_plan, console)
+    with workspace.exclusive(wait=not args.no_wait, note=console.print):
+        # A run that held the workspace may have just built the same key.
+        existing = None if args.force else up_to_date(the_plan)
+        if existing is not None:
+            console.print(f"up to date: {existing} (built by the run we waited for)")
+            return 0
+        stored = execute(the_plan, console)
     console.print(
         f"[green]published[/] {stored.path}\n  sha256 {stored.sha256}\n  index {Wheelhouse(the_plan.wheelhouse).index_url()}"
     )
@@ -361,6 +367,36 @@ def cmd_export(args: argparse.Namespace) -> int:
     return export_command(Wheelhouse(_wheelhouse(args)), args.projects, options)
 
 
+def cmd_publish(args: argparse.Namespace) -> int:
+    from .publish import destination_for, publish
+
+    destination = destination_for(
+        args.to, simple_url=args.simple_url, workspace=Workspace.locate(args.workspace)
+    )
+    outcome = publish(_wheelhouse(args), destination, args.projects, report=console.print)
+    console.print(
+        f"published {len(outcome.sent)} wheels to {destination.label}; "
+        f"{len(outcome.already_there)} already there"
+    )
+    return 0
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    from .graph import recipe_levels
+
+    levels = recipe_levels(args.project.resolve(), args.recipes)
+    if args.json:
+        print(json.dumps({"levels": [[node.as_json() for node in level] for level in levels]}))
+        return 0
+    for number, level in enumerate(levels):
+        names = ", ".join(
+            node.recipe + (f" (needs {', '.join(node.needs)})" if node.needs else "")
+            for node in level
+        )
+        console.print(f"level {number}: {names}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sparkforge", description=__doc__)
     parser.add_argument("--version", action="version", version=f"sparkforge {__version__}")
@@ -370,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     _build_arguments(build)
     build.add_argument("--force", action="store_true", help="rebuild even when up to date")
     build.add_argument("--dry-run", action="store_true", help="print the full plan and do nothing")
+    build.add_argument("--no-wait", action="store_true",
+                       help="fail instead of waiting when another run holds the workspace")  # fmt: skip
     _common(build)
     build.set_defaults(func=cmd_build)
 
@@ -459,6 +497,27 @@ def build_parser() -> argparse.ArgumentParser:
                         help="index the dependencies are resolved from (default: PyPI)")  # fmt: skip
     _common(export)
     export.set_defaults(func=cmd_export)
+
+    publish = sub.add_parser(
+        "publish", help="push the wheelhouse to a team index (upload API, directory or rsync)"
+    )
+    publish.add_argument("projects", nargs="*", metavar="PROJECT",
+                         help="projects to publish (default: every wheel in the wheelhouse)")  # fmt: skip
+    publish.add_argument("--to", required=True, metavar="URL",
+                         help="http(s):// upload URL (credentials from TWINE_USERNAME/TWINE_PASSWORD "
+                              "or keyring), a directory or file:// URL, rsync:// or [user@]host:/path")  # fmt: skip
+    publish.add_argument("--simple-url", metavar="URL",
+                         help="the index's PEP 503 simple API (default: <upload URL>/simple/)")  # fmt: skip
+    _common(publish)
+    publish.set_defaults(func=cmd_publish)
+
+    graph = sub.add_parser(
+        "graph", help="recipes in build order: levels whose recipes can build in parallel"
+    )
+    graph.add_argument("recipes", nargs="*", help="these and what they need (default: all)")
+    graph.add_argument("--json", action="store_true", help="levels as JSON (for CI matrices)")
+    _common(graph)
+    graph.set_defaults(func=cmd_graph)
     return parser
 
 

@@ -51,6 +51,7 @@ from packaging.metadata import parse_email
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
+from . import faults
 from .digest import sha256_file
 from .errors import WheelhouseError
 from .wheels import read_metadata
@@ -130,6 +131,7 @@ class Wheelhouse:
                 self._accept_existing(target, digest, metadata, provenance)
             else:
                 digest = self._store(wheel, target, metadata, provenance)
+            faults.point("publish:stored")
             self._regenerate()
         return _stored(target, digest)
 
@@ -212,6 +214,7 @@ class Wheelhouse:
             if final.exists():
                 shutil.rmtree(final)  # left by a regeneration that died before the swap
             staging.rename(final)
+            faults.point("index:written")
             self._point_simple_at(generation)
         for stale in index_dir.iterdir():
             if stale.name != generation:

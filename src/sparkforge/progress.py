@@ -19,6 +19,8 @@ from typing import TextIO
 from rich.console import Console
 from rich.markup import escape
 
+from . import faults
+
 TAIL_LINES = 40
 HEARTBEAT_SECONDS = 60.0
 
@@ -70,6 +72,7 @@ class BuildLog:
         expected = self.expected.get(name)
         hint = f" (last time {_clock(expected)})" if expected else ""
         self.line(f"[sparkforge] phase {name} started")
+        faults.point(f"phase:{name}")
         start = time.monotonic()
         stop = threading.Event()
         if self.console.is_terminal:

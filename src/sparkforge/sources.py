@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 
 import git
 
+from . import faults
 from .digest import sha256_file
 from .errors import SourceError
 from .lock import SHA1_HEX, LockedSource
@@ -162,6 +163,9 @@ def _download(url: str, dest: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".download-", dir=dest.parent)
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+            out.write(response.read(1 << 16))
+            out.flush()
+            faults.point("download:partial")
             shutil.copyfileobj(response, out, 1 << 20)
     except OSError as exc:
         os.unlink(tmp)

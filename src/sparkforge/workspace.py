@@ -7,12 +7,17 @@ be deleted at any time and is rebuilt from the lock.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
+
+from .errors import SparkforgeError
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,35 @@ class Workspace:
     @property
     def history_file(self) -> Path:
         return self.root / "history.json"
+
+    @contextmanager
+    def exclusive(self, *, wait: bool, note: Callable[[str], None]) -> Iterator[None]:
+        """Hold the workspace for one run: a second run waits (or, with ``wait=False``,
+        fails), so two runs never interleave in the same caches and build trees."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / ".lock"
+        with path.open("a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = path.read_text().strip() or "another sparkforge run"
+                if not wait:
+                    raise SparkforgeError(
+                        f"{self.root}: workspace in use by {holder}; wait for it to finish, "
+                        "or use another --workspace"
+                    ) from None
+                note(f"waiting for {holder} to finish with workspace {self.root} …")
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"sparkforge pid {os.getpid()}")
+            handle.flush()
+            try:
+                yield
+            finally:
+                handle.seek(0)
+                handle.truncate()
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def expected_seconds(self, key: str) -> dict[str, float]:
         """Phase durations of the previous build of ``key`` (recipe@target)."""
