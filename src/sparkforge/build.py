@@ -14,9 +14,11 @@ import glob
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,7 @@ from .patches import PatchSeries, apply_series, load_series
 from .progress import BuildLog
 from .provenance import statement
 from .recipes import Recipe, load_recipe
-from .runners import Runner
+from .runners import Runner, TimeLimitExceeded
 from .sources import materialize, tree_sha256
 from .targets import Target, load_target
 from .workspace import Workspace
@@ -52,6 +54,7 @@ class BuildOptions:
     force: bool = False
     allow_arch_gaps: bool = False
     python: str | None = None  # build for this Python instead of the target's
+    time_limit: float | None = None  # seconds for the build commands, all together
 
 
 @dataclass(frozen=True)
@@ -334,6 +337,31 @@ def up_to_date(plan: BuildPlan) -> Path | None:
     return Wheelhouse(plan.wheelhouse).built(plan.build_key)
 
 
+_NO_SPACE = re.compile(r"No space left on device|ENOSPC|Disk quota exceeded")
+_KILLED = re.compile(r"Killed signal terminated program|internal compiler error: Killed|\bKilled\b")
+
+
+def _explain_failure(plan: BuildPlan, argv: Sequence[str], code: int, tail: Sequence[str]) -> str:
+    """One line for a failed build command, naming the likely cause and its knob."""
+    what = f"{plan.recipe.name} {plan.version}: `{argv[0]} …`"
+    text = "\n".join(tail)
+    if _NO_SPACE.search(text):
+        free = shutil.disk_usage(plan.build_dir).free / 1e9
+        return (
+            f"{what} ran out of disk space ({free:.1f} GB free in {plan.build_dir.parent}); free "
+            f"space or point --workspace at a larger disk (the recipe needs about "
+            f"{plan.recipe.spec.disk_gb:g} GB, key 'disk_gb' in {plan.recipe.path}); log: {plan.log_path}"
+        )
+    if code in (137, -9) or _KILLED.search(text):
+        return (
+            f"{what} was killed (signal 9), most likely by the out-of-memory killer with {plan.jobs} "
+            f"jobs; raise 'memory_per_job_gb' in {plan.recipe.path} (now "
+            f"{plan.recipe.spec.memory_per_job_gb:g}) or pass --jobs {max(1, plan.jobs // 2)}; "
+            f"log: {plan.log_path}"
+        )
+    return f"{what} exited with {code}; see the log tail above and {plan.log_path}"
+
+
 def _one_wheel(pattern: str, recipe: Recipe) -> Path:
     found = sorted(glob.glob(pattern))
     if len(found) != 1:
@@ -394,14 +422,22 @@ def _phases(plan: BuildPlan, log: BuildLog, started: float) -> StoredWheel:
             plan.target, plan.lock.build_requires, plan.env_dir, plan.workspace, log.line
         )
     with log.phase("build"):
+        limit = plan.options.time_limit
+        deadline = None if limit is None else time.monotonic() + limit
         for argv in plan.commands:
             log.line(f"[sparkforge] $ {shlex.join(argv)}")
-            code = plan.runner.run(argv, env=plan.env, cwd=plan.source_dir, sink=log.line)
-            if code != 0:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                code = plan.runner.run(argv, env=plan.env, cwd=plan.source_dir, sink=log.line,
+                                       timeout=remaining)  # fmt: skip
+            except TimeLimitExceeded:
                 raise BuildError(
-                    f"{plan.recipe.name} {plan.version}: `{argv[0]} …` exited with {code}; "
-                    f"see the log tail above and {plan.log_path}"
-                )
+                    f"{plan.recipe.name} {plan.version}: the build exceeded its time limit of "
+                    f"{limit:.0f} s and was stopped; raise --time-limit or look for a hang in "
+                    f"{plan.log_path}"
+                ) from None
+            if code != 0:
+                raise BuildError(_explain_failure(plan, argv, code, log.tail()))
         raw = _one_wheel(plan.wheel_pattern, plan.recipe)
     with log.phase("repair"):
         # The local label goes on first so that auditwheel's SBOM names the final version.

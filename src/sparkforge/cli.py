@@ -64,6 +64,8 @@ def _build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-arch-gaps", action="store_true",
                         help="publish even if the audit says it won't run")  # fmt: skip
     parser.add_argument("--python", help="build for this Python (X.Y) instead of the target's")
+    parser.add_argument("--time-limit", type=float, metavar="SECONDS",
+                        help="stop the build commands after this long (default: no limit)")  # fmt: skip
     _runner_options(parser)
 
 
@@ -75,6 +77,7 @@ def _build_options(args: argparse.Namespace) -> BuildOptions:
         force=getattr(args, "force", False),
         allow_arch_gaps=args.allow_arch_gaps,
         python=args.python,
+        time_limit=args.time_limit,
     )
 
 

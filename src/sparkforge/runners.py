@@ -7,11 +7,13 @@ alternative named (the container runner builds other platforms).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -50,8 +52,12 @@ class Runner(Protocol):
     def python(self, version: str) -> str:
         """Path of an interpreter of ``version`` (e.g. "3.12") where commands run."""
 
-    def run(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, sink: LineSink) -> int:
-        """Run ``argv``; every output line goes to ``sink``; returns the exit code."""
+    def run(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, sink: LineSink,
+            timeout: float | None = None) -> int:  # fmt: skip
+        """Run ``argv``; every output line goes to ``sink``; returns the exit code.
+
+        Past ``timeout`` seconds the command and its children are stopped and
+        :class:`TimeLimitExceeded` is raised."""
 
     def prepare(self, target: Target, sink: LineSink) -> dict[str, str]:
         """Get ready to run (e.g. build the image); returns toolchain facts for provenance."""
@@ -163,17 +169,36 @@ class HostRunner:
     def _version_of(python: str) -> str:
         return _last_line([python, "-c", "import platform; print(platform.python_version())"])
 
-    def run(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, sink: LineSink) -> int:
-        return _stream(list(argv), env=dict(env), cwd=cwd, sink=sink)
+    def run(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, sink: LineSink,
+            timeout: float | None = None) -> int:  # fmt: skip
+        return _stream(list(argv), env=dict(env), cwd=cwd, sink=sink, timeout=timeout)
+
+
+class TimeLimitExceeded(Exception):
+    """A command ran past its time limit and was stopped."""
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    """SIGTERM to the command's whole process group, SIGKILL if it lingers."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=10)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _stream(
-    argv: list[str], *, env: dict[str, str] | None, cwd: Path | None, sink: LineSink
-) -> int:
-    """Run ``argv``, every output line to ``sink``; Ctrl-C stops the child too."""
+    argv: list[str], *, env: dict[str, str] | None, cwd: Path | None, sink: LineSink,
+    timeout: float | None = None,
+) -> int:  # fmt: skip
+    """Run ``argv``, every output line to ``sink``; Ctrl-C and the time limit stop
+    the child and everything it started (its own process group)."""
     process = subprocess.Popen(
         argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL, bufsize=1, text=True, errors="replace",
+        stdin=subprocess.DEVNULL, bufsize=1, text=True, errors="replace", start_new_session=True,
     )  # fmt: skip
     stdout = process.stdout
     assert stdout is not None
@@ -185,10 +210,12 @@ def _stream(
     reader = threading.Thread(target=pump)
     reader.start()
     try:
-        return process.wait()
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _stop(process)
+        raise TimeLimitExceeded from None
     except KeyboardInterrupt:
-        process.terminate()
-        process.wait()
+        _stop(process)
         raise
     finally:
         reader.join()
@@ -366,10 +393,11 @@ class ContainerRunner:
         return True  # Dockerfile.builder installs it
 
     def run(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, sink: LineSink,
-            gpus: bool = False, network: bool = False, extra_mounts: Sequence[Path] = ()) -> int:  # fmt: skip
+            timeout: float | None = None, gpus: bool = False, network: bool = False,
+            extra_mounts: Sequence[Path] = ()) -> int:  # fmt: skip
         """Build steps get no GPU and no network; smoke tests ask for both."""
         if self.image is None:
             raise ContainerError("the builder image is not ready (prepare() was not called)")
         command = run_argv(self.engine, self.image, argv, env=dict(env), cwd=cwd,
                            mounts=(self.workspace.root, *extra_mounts), gpus=gpus, network=network)  # fmt: skip
-        return _stream(command, env=None, cwd=None, sink=sink)
+        return _stream(command, env=None, cwd=None, sink=sink, timeout=timeout)
