@@ -84,3 +84,21 @@ def test_container_and_host_wheels_compared_file_by_file(builds: dict[str, Path]
         hashlib.sha256(builds["host"].read_bytes()).digest()
         == hashlib.sha256(builds["container"].read_bytes()).digest()
     )
+
+
+def test_verify_repro_with_the_container_runner(
+    builds: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rebuilt in the container from a fresh workspace elsewhere: the same bytes."""
+    wheelhouse = builds["container"].parent.parent
+    project = wheelhouse.parent
+    base = ensure_standin("amd64", log=lambda line: None)
+    args = ["verify-repro", *COMMON, "--runner", "container", "--engine", "podman", "--engines",
+            str(REPO / "ci" / "engines.toml"), "--base-image", base, "--allow-unpinned-base",
+            "--build-arg", "CUDA_APT_PACKAGES=", "--project", str(project), "--wheelhouse",
+            str(wheelhouse), "--workspace", str(project.parent / "verify-ws")]  # fmt: skip
+    capsys.readouterr()
+    code = main(args)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert f"reproducible: {builds['container'].name}" in out

@@ -259,3 +259,37 @@ def test_a_new_build_key_with_the_same_bytes_is_then_a_noop(
     assert again.code == 0 and "published" in again.out, "new key: built and published (same bytes)"
     third = _build(cli, tiny, shared_workspace)
     assert "up to date" in third.out, "the new key now finds the stored wheel"
+
+
+def test_submodule_at_another_commit_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import git as gitpython
+
+    from sparkforge.errors import SourceError
+    from sparkforge.sources import check_submodules
+
+    monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
+    monkeypatch.setenv("GIT_CONFIG_KEY_0", "protocol.file.allow")
+    monkeypatch.setenv("GIT_CONFIG_VALUE_0", "always")
+    identity = ["-c", "user.name=t", "-c", "user.email=t@t"]
+    data = tmp_path / "data"
+    data.mkdir()
+    git(data, "init", "-q", "-b", "main")
+    (data / "v.txt").write_text("1\n")
+    git(data, "add", ".")
+    git(data, *identity, "commit", "-q", "-m", "one")
+    (data / "v.txt").write_text("2\n")
+    git(data, *identity, "commit", "-q", "-am", "two")
+    top = tmp_path / "top"
+    top.mkdir()
+    git(top, "init", "-q", "-b", "main")
+    git(top, "submodule", "--quiet", "add", str(data), "data")
+    git(top, *identity, "commit", "-q", "-m", "pin data at two")
+    check_submodules(gitpython.Repo(top), "file://top")  # as recorded: fine
+    git(top / "data", "checkout", "-q", "HEAD~1")
+    with pytest.raises(
+        SourceError,
+        match=r"submodule data is at [0-9a-f]{40}, not the commit the superproject records",
+    ):
+        check_submodules(gitpython.Repo(top), "file://top")

@@ -155,6 +155,23 @@ def _resolve_ref(repo: git.Repo, url: str, ref: str) -> str:
         ) from None
 
 
+def check_submodules(repo: git.Repo, url: str) -> None:
+    """Every submodule must be at exactly the commit its superproject records.
+
+    ``git submodule status`` marks a checkout at another commit with ``+`` and an
+    uninitialized one with ``-`` (``U``: merge conflict); any of them is refused.
+    """
+    for line in str(repo.git.submodule("status", "--recursive")).splitlines():
+        if line[:1] in "+-U" and line.strip():
+            commit, path = line[1:].split()[:2]
+            state = {"+": f"is at {commit}, not the commit", "-": "is not checked out at the commit",
+                     "U": "has conflicts instead of the commit"}[line[0]]  # fmt: skip
+            raise SourceError(
+                f"{url}: submodule {path} {state} the superproject records; refusing the tree "
+                "(delete the build directory and retry; report it if it persists)"
+            )
+
+
 # ----------------------------------------------------------------- url sources
 
 
@@ -299,6 +316,7 @@ def materialize(
             checkout.git.checkout("--detach", commit)
             if recipe.spec.source.submodules:
                 checkout.git.submodule("update", "--init", "--recursive", "--jobs", "4")
+                check_submodules(checkout, url)
         except git.GitCommandError as exc:
             raise SourceError(f"cannot check out {url} at {commit}: {_git_reason(exc)}") from None
         if checkout.head.commit.hexsha != commit:
