@@ -94,6 +94,28 @@ def e2e_aarch64(session: nox.Session) -> None:
 
 
 @nox.session
+def publish(session: nox.Session) -> None:
+    """Push the wheelhouse to a team index: `nox -s publish -- --to URL [PROJECT ...]`.
+
+    Upload URLs go through twine (the `publish` extra); credentials come from
+    TWINE_USERNAME/TWINE_PASSWORD or keyring, which nox passes through. See
+    docs/publishing.md.
+    """
+    _install(session, "[publish]")
+    session.run("sparkforge", "publish", *session.posargs)
+
+
+@nox.session(name="serve-index")
+def serve_index(session: nox.Session) -> None:
+    """Serve wheelhouse/ for pip and uv: `nox -s serve-index -- [--host H] [--port P]`.
+
+    Read-only, 127.0.0.1:8000 by default; Ctrl-C stops it (docs/index-hosting.md).
+    """
+    _install(session)
+    session.run("sparkforge", "serve", *session.posargs)
+
+
+@nox.session
 def tests(session: nox.Session) -> None:
     """The whole test suite (GPU tests skip without a CUDA device)."""
     _install(session, "[test]")
@@ -114,3 +136,4 @@ def bench(session: nox.Session) -> None:
     _install(session, "[test]")
     session.run("python", "benchmarks/bench_probe.py", *session.posargs)
     session.run("python", "benchmarks/bench_inspect.py")
+    session.run("python", "benchmarks/bench_metadata.py")

@@ -8,6 +8,8 @@ import re
 import shutil
 import tarfile
 import threading
+import tomllib
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -57,6 +59,50 @@ NO_HEADER = """\
 -VALUE = 42
 +VALUE = 40
 """
+
+WHY_IN_A_SENTENCE = """\
+This explains why: nothing, since no line starts with the key.
+Drop-when: never.
+
+--- a/sf_tiny/__init__.py
++++ b/sf_tiny/__init__.py
+@@ -1,2 +1,2 @@
+ \"\"\"tiny\"\"\"
+-VALUE = 42
++VALUE = 40
+"""
+
+
+def _target_variant(name: str, old: str = "", new: str = "") -> Edit:
+    """``targets/<name>.toml``: hopper's file renamed to ``name``, ``old`` replaced by ``new``."""
+
+    def edit(project: Path) -> None:
+        text = (project / "targets" / "hopper.toml").read_text()
+        text = text.replace('name = "hopper"', f'name = "{name}"')
+        assert old in text, f"{old!r} not in hopper.toml"
+        (project / "targets" / f"{name}.toml").write_text(text.replace(old, new, 1))
+
+    return edit
+
+
+def _series(project: Path, text: str | bytes) -> None:
+    """A patch series for tiny 1.0.0 holding one good-header patch, listed as ``text`` says."""
+    _add_patch(project, BAD_HUNK)
+    series = project / "patches" / "tiny" / "1.0.0" / "series"
+    series.write_bytes(text if isinstance(text, bytes) else text.encode())
+
+
+def _tiny_lock_value(project: Path, key: str) -> str:
+    """The value of ``key`` in tiny 1.0.0's locked source (it is unique in the lock)."""
+    lock = tomllib.loads((project / "lock.toml").read_text())
+    value: str = lock["recipes"]["tiny"]["1.0.0"]["source"][key]
+    return value
+
+
+def _lock_without_tree_hash(project: Path) -> None:
+    line = f'tree_sha256 = "{_tiny_lock_value(project, "tree_sha256")}"\n'
+    _replace(project / "lock.toml", line, "")
+
 
 CASES: dict[str, tuple[Edit, list[str], str]] = {
     "malformed recipe TOML": (
@@ -176,6 +222,213 @@ CASES: dict[str, tuple[Edit, list[str], str]] = {
         ["build", "tiny", "--turbo"],
         r"unrecognized arguments: --turbo",
     ),
+    # --- targets ---
+    "target with an unknown key": (
+        _target_variant("extra", "cuda_home =", 'colour = "red"\ncuda_home ='),
+        ["build", "tiny", "--target", "extra"],
+        r"targets/extra\.toml: key 'colour': unknown key; remove it or check its spelling",
+    ),
+    "manylinux policy for another platform": (
+        _target_variant(
+            "mixed", 'manylinux = "manylinux_2_35_x86_64"', 'manylinux = "manylinux_2_39_aarch64"'
+        ),
+        ["build", "tiny", "--target", "mixed"],
+        r"targets/mixed\.toml: key '\(top level\)': manylinux policy manylinux_2_39_aarch64 is "
+        r"not for platform linux_x86_64",
+    ),
+    "target named unlike its file": (
+        lambda p: shutil.copy(p / "targets" / "hopper.toml", p / "targets" / "h100.toml"),
+        ["build", "tiny", "--target", "h100"],
+        r"targets/h100\.toml: key 'name': is 'hopper' but the file is named 'h100\.toml'",
+    ),
+    "relative cuda_home": (
+        _target_variant("relcuda", 'cuda_home = "/usr/local/cuda"', 'cuda_home = "usr/local/cuda"'),
+        ["build", "tiny", "--target", "relcuda"],
+        r"relcuda\.toml: key 'cuda_home': 'usr/local/cuda' is not an absolute path; write e\.g\. "
+        r"'/usr/local/cuda'",
+    ),
+    "target file not UTF-8": (
+        lambda p: (p / "targets" / "latin.toml").write_bytes(
+            'name = "latin"\ndescription = "Grüße"\n'.encode("latin-1")
+        ),
+        ["build", "tiny", "--target", "latin"],
+        r"targets/latin\.toml: not UTF-8 text \(invalid start byte at byte 32\)",
+    ),
+    "target name that is a path": (
+        lambda p: None,
+        ["build", "tiny", "--target", "../targets/hopper"],
+        r"--target: '\.\./targets/hopper' is not a valid target name",
+    ),
+    # --- recipes ---
+    "source of two kinds": (
+        lambda p: _replace(
+            _recipe(p), 'path = "tiny-src"', 'path = "tiny-src"\ngit = "https://example.invalid/t"'
+        ),
+        ["build", "tiny"],
+        r"recipe\.toml: key 'source': give exactly one of 'path', 'git' or 'url'",
+    ),
+    "git source without a ref": (
+        lambda p: _replace(_recipe(p), 'path = "tiny-src"', 'git = "https://example.invalid/t"'),
+        ["build", "tiny"],
+        r"recipe\.toml: key '\(top level\)': git source: version '1\.0\.0' needs a 'ref' "
+        r"\(tag or commit\)",
+    ),
+    "url source without {version}": (
+        lambda p: _replace(
+            _recipe(p), 'path = "tiny-src"', 'url = "https://example.invalid/tiny.tar.gz"'
+        ),
+        ["build", "tiny"],
+        r"recipe\.toml: key 'source': a url source must contain '\{version\}'",
+    ),
+    "submodules on a path source": (
+        lambda p: _replace(_recipe(p), 'path = "tiny-src"', 'path = "tiny-src"\nsubmodules = true'),
+        ["build", "tiny"],
+        r"recipe\.toml: key 'source': 'submodules' only applies to a git source",
+    ),
+    "bad requirement (packaging's message spans lines)": (
+        lambda p: _replace(_recipe(p), "flit_core==3.12.0", "flit_core=3.12.0"),
+        ["build", "tiny"],
+        r"key 'build\.requires': 'flit_core=3\.12\.0' is not a valid requirement \(Expected "
+        r"semicolon .* flit_core=3\.12\.0 \^\)$",
+    ),
+    "invalid environment variable name": (
+        lambda p: _recipe(p).write_text(
+            _recipe(p).read_text() + '\n[build.env]\n"MAX-JOBS" = "1"\n'
+        ),
+        ["build", "tiny"],
+        r"recipe\.toml: key 'build\.env': 'MAX-JOBS' is not a valid environment variable name",
+    ),
+    "unknown template variable in the environment": (
+        lambda p: _recipe(p).write_text(_recipe(p).read_text() + '\n[build.env]\nJOBS = "{job}"\n'),
+        ["build", "tiny"],
+        r"key 'build\.env': JOBS: unknown template variable '\{job\}'; known: ",
+    ),
+    "template with a conversion": (
+        lambda p: _replace(_recipe(p), "{python} -m pip", "{python!r} -m pip"),
+        ["build", "tiny"],
+        r"key 'build\.command': '\{python!r\}' has a conversion or format spec; write a plain "
+        r"'\{python\}'",
+    ),
+    "recipe cuda_archs garbage": (
+        lambda p: _replace(_recipe(p), "[build]\n", '[build]\ncuda_archs = ["90", "sm_12x"]\n'),
+        ["build", "tiny"],
+        r"recipe\.toml: key 'build\.cuda_archs': 'sm_12x' is not a CUDA architecture",
+    ),
+    "several versions without a default": (
+        lambda p: _replace(_recipe(p), "default = true\n", '\n[versions."1.1.0"]\n'),
+        ["build", "tiny"],
+        r"key '\(top level\)': with several versions, exactly one must have default = true",
+    ),
+    "needs a recipe that does not exist": (
+        lambda p: _replace(_recipe(p), "cuda = false\n", 'cuda = false\nneeds = ["torchx"]\n'),
+        ["build", "tiny"],
+        r"recipe\.toml: key 'needs': no recipe 'torchx' in .*/recipes$",
+    ),
+    "recipe named unlike its directory": (
+        lambda p: _replace(_recipe(p), 'name = "tiny"', 'name = "tiny2"'),
+        ["build", "tiny"],
+        r"recipe\.toml: key 'name': is 'tiny2' but the directory is 'tiny'",
+    ),
+    "memory per job too small to size jobs": (
+        lambda p: _replace(_recipe(p), "memory_per_job_gb = 0.5", "memory_per_job_gb = 5e-324"),
+        ["build", "tiny", "--dry-run"],
+        r"key 'memory_per_job_gb': input should be greater than or equal to 0\.01",
+    ),
+    "recipe name too long for the file system": (
+        lambda p: None,
+        ["build", "x" * 300],
+        r"no recipe 'x{300}' \(.* not found\); known recipes: sm121-probe, tiny",
+    ),
+    # --- the lock ---
+    "malformed lock": (
+        lambda p: (p / "lock.toml").write_text((p / "lock.toml").read_text() + "\n[recipes\n"),
+        ["build", "tiny"],
+        r"lock\.toml: malformed TOML \(.*\); run `nox -s lock` to rewrite it",
+    ),
+    "lock of another format": (
+        lambda p: _replace(p / "lock.toml", "format = 1", "format = 2"),
+        ["build", "tiny"],
+        r"lock\.toml: key 'format': is 2, this sparkforge reads 1",
+    ),
+    "lock tree hash that is not hex": (
+        lambda p: _replace(p / "lock.toml", _tiny_lock_value(p, "tree_sha256"), "not-a-sha256"),
+        ["build", "tiny"],
+        r"lock\.toml: key 'recipes\.tiny\.1\.0\.0\.source\.tree_sha256': string should match "
+        r"pattern '\^\[0-9a-f\]\{64\}\$' \(got str 'not-a-sha256'\); run `nox -s lock`",
+    ),
+    "lock entry without its tree hash": (
+        _lock_without_tree_hash,
+        ["build", "tiny"],
+        r"lock\.toml: key 'recipes\.tiny\.1\.0\.0\.source': a path source needs 'tree_sha256'",
+    ),
+    "lock not UTF-8": (
+        lambda p: (p / "lock.toml").write_bytes(b"format = 1\n# \xff\n"),
+        ["build", "tiny"],
+        r"lock\.toml: not UTF-8 text \(invalid start byte at byte 13\); run `nox -s lock`",
+    ),
+    # --- patch series ---
+    "series names a missing patch": (
+        lambda p: _series(p, "0001-fix.patch\n0002-gone.patch\n"),
+        ["build", "tiny"],
+        r"patches/tiny/1\.0\.0/series:2: patch '0002-gone\.patch' not found in .*patches/tiny/1\.0\.0$",
+    ),
+    "series lists a patch twice": (
+        lambda p: _series(p, "0001-fix.patch\n# again:\n0001-fix.patch  # really\n"),
+        ["build", "tiny"],
+        r"series:3: patch '0001-fix\.patch' is listed twice",
+    ),
+    "patch directory without a series": (
+        lambda p: (_add_patch(p, BAD_HUNK), (p / "patches/tiny/1.0.0/series").unlink()),
+        ["build", "tiny"],
+        r"patches/tiny/1\.0\.0: patch directory without a 'series' file; list the patches",
+    ),
+    "Why: inside a sentence is no header line": (
+        lambda p: _add_patch(p, WHY_IN_A_SENTENCE),
+        ["build", "tiny"],
+        r"0001-fix\.patch: header lacks 'Why:'; say why the patch exists",
+    ),
+    "series not UTF-8": (
+        lambda p: _series(p, b"0001-fix.patch\n\xe9\n"),
+        ["build", "tiny"],
+        r"series: not UTF-8 text \(invalid continuation byte at byte 15\)",
+    ),
+    # --- command-line arguments ---
+    "--jobs 0": (
+        lambda p: None,
+        ["build", "tiny", "--jobs", "0"],
+        r"sparkforge build: argument --jobs: must be at least 1, got 0",
+    ),
+    "--python that is not X.Y": (
+        lambda p: None,
+        ["build", "tiny", "--python", "garbage"],
+        r"argument --python: 'garbage' is not a Python version; write X\.Y, e\.g\. 3\.12",
+    ),
+    "--time-limit 0": (
+        lambda p: None,
+        ["build", "tiny", "--time-limit", "0"],
+        r"argument --time-limit: '0' is not a positive number of seconds",
+    ),
+    "--build-arg without =": (
+        lambda p: None,
+        ["build", "tiny", "--runner", "container", "--build-arg", "NOEQUALS"],
+        r"--build-arg: 'NOEQUALS' is not KEY=VALUE",
+    ),
+    "--engine that is not one": (
+        lambda p: None,
+        ["build", "tiny", "--runner", "container", "--engine", "lxc"],
+        r"--engine: 'lxc' is not one of docker, podman",
+    ),
+    # --- wheels ---
+    "smoke before any wheel was built": (
+        lambda p: None,
+        ["smoke", "tiny"],
+        r"wheelhouse: no sf-tiny wheel in the wheelhouse; build it first",
+    ),
+    "inspect a file that does not exist": (
+        lambda p: None,
+        ["inspect", "/nonexistent/sf_tiny-1.0.0-py3-none-any.whl"],
+        r"/nonexistent/sf_tiny-1\.0\.0-py3-none-any\.whl: no such wheel or library",
+    ),
 }
 
 
@@ -281,3 +534,69 @@ def test_archive_sha256_mismatch_is_refused(
     ), result.err
     assert snapshot(tiny / "wheelhouse") == before
     assert not list((workspace / "downloads").rglob("*.tar.gz")), "the bad download is not kept"
+
+
+GARBAGE_ELF = b"\x7fELF\x02\x01\x01" + bytes(9) + b"garbage" * 10  # a header, then nonsense
+
+
+def _zip(path: Path, members: dict[str, bytes]) -> None:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+
+WHEEL_CASES: dict[str, tuple[Callable[[Path], None], str]] = {
+    "text posing as a wheel": (
+        lambda w: w.write_text("not a wheel\n"),
+        r"sf_tiny-1\.0\.0-py3-none-any\.whl: neither a wheel \(zip\) nor an ELF library",
+    ),
+    "truncated zip": (
+        lambda w: w.write_bytes(b"PK\x03\x04 and then nothing"),
+        r"sf_tiny-1\.0\.0-py3-none-any\.whl: neither a wheel \(zip\) nor an ELF library",
+    ),
+    "library in the wheel with a corrupt ELF header": (
+        lambda w: _zip(w, {"sf_tiny/_core.so": GARBAGE_ELF}),
+        r"sf_tiny-1\.0\.0-py3-none-any\.whl: sf_tiny/_core\.so: unreadable ELF file: ",
+    ),
+    "a directory named like a wheel": (
+        lambda w: w.mkdir(),
+        r"sf_tiny-1\.0\.0-py3-none-any\.whl: cannot read it: \[Errno 21\] Is a directory",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", WHEEL_CASES, ids=list(WHEEL_CASES))
+def test_inspect_refuses_what_is_not_a_wheel(
+    case: str, cli: CliRunner, project: Path, tmp_path: Path
+) -> None:
+    make, message = WHEEL_CASES[case]
+    wheel = tmp_path / "sf_tiny-1.0.0-py3-none-any.whl"
+    make(wheel)
+    result = cli("inspect", wheel, "--target", "hopper", "--project", project)
+    assert result.code != 0
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.err
+    assert re.search(message, lines[0]), lines[0]
+    assert "Traceback" not in result.out + result.err
+
+
+def test_index_refuses_a_simple_directory(cli: CliRunner, project: Path) -> None:
+    """``simple`` must be the symlink that is swapped atomically; a real directory there
+    (copied by hand, say) is named and left alone."""
+    house = project / "wheelhouse"
+    (house / "simple").mkdir(parents=True)
+    (house / "simple" / "index.html").write_text("<html>served by hand</html>\n")
+    before = snapshot(house)
+    result = cli("index", "--project", project)
+    assert result.code == 2
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    assert re.search(
+        r"wheelhouse/simple is not a symlink, so the index cannot be swapped atomically; "
+        r"move it away and run the publish again",
+        lines[0],
+    ), lines[0]
+    after = snapshot(house)
+    # What pip reads is untouched. index.py stages the new generation under .index/ (and
+    # takes its .lock) before it looks at simple/; that leftover is never served.
+    assert {k: v for k, v in after.items() if not k.startswith((".index/", ".lock"))} == before

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import sys
 import tempfile
 import time
@@ -50,6 +52,35 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _jobs(text: str) -> int:
+    """``--jobs``: 0 or -3 would otherwise be quietly read as 1."""
+    try:
+        jobs = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: '{text}'") from None
+    if jobs < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {jobs}")
+    return jobs
+
+
+def _python_version(text: str) -> str:
+    """``--python``: "X.Y", as a target's ``python`` is written, not an interpreter path."""
+    if not re.fullmatch(r"3\.[0-9]+", text):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a Python version; write X.Y, e.g. 3.12")
+    return text
+
+
+def _seconds(text: str) -> float:
+    """``--time-limit``: a positive, finite number of seconds."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a positive number of seconds")
+    return seconds
+
+
 def _build_arguments(parser: argparse.ArgumentParser) -> None:
     """What decides a build: shared by build and verify-repro."""
     parser.add_argument("recipe")
@@ -59,12 +90,13 @@ def _build_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--cuda-arch", action="append", default=[],
                         help="extra arch, e.g. 121 or 121a (repeatable)")  # fmt: skip
-    parser.add_argument("--jobs", type=int,
+    parser.add_argument("--jobs", type=_jobs,
                         help="compile jobs (default: min(cores, memory / recipe's memory per job))")  # fmt: skip
     parser.add_argument("--allow-arch-gaps", action="store_true",
                         help="publish even if the audit says it won't run")  # fmt: skip
-    parser.add_argument("--python", help="build for this Python (X.Y) instead of the target's")
-    parser.add_argument("--time-limit", type=float, metavar="SECONDS",
+    parser.add_argument("--python", type=_python_version,
+                        help="build for this Python (X.Y) instead of the target's")  # fmt: skip
+    parser.add_argument("--time-limit", type=_seconds, metavar="SECONDS",
                         help="stop the build commands after this long (default: no limit)")  # fmt: skip
     _runner_options(parser)
 
@@ -113,6 +145,7 @@ def _runner(args: argparse.Namespace, project: Path, workspace: Workspace) -> Ru
     target's builder image, lock.toml's pin for it and the engine settings."""
     if args.runner == "host":
         return HostRunner()
+    build_args = _build_args(args.build_arg)  # a bad argument is named before any engine lookup
     target = load_target(project, args.target)
     base = args.base_image or target.builder_image
     settings = load_engine_settings(project, args.engines)
@@ -123,7 +156,7 @@ def _runner(args: argparse.Namespace, project: Path, workspace: Workspace) -> Ru
         locked_digest=read_lock(project / "lock.toml").builder.get(base),
         allow_unpinned=args.allow_unpinned_base,
         workspace=workspace,
-        build_args=_build_args(args.build_arg),
+        build_args=build_args,
     )
 
 

@@ -54,3 +54,9 @@ class SmokeError(SparkforgeError):
     """A smoke test failed."""
 
     exit_code = 1
+
+
+class PublishError(SparkforgeError):
+    """A publish was refused or failed (overwrite, credentials, verification)."""
+
+    exit_code = 1

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import tempfile
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +24,7 @@ from pydantic import Field, ValidationError, model_validator
 from .errors import LockError
 from .patches import PatchSeries
 from .recipes import Recipe
-from .tomlfile import StrictModel, describe_validation_error
+from .tomlfile import StrictModel, describe_validation_error, parse_toml
 
 LOCK_FORMAT = 1
 SHA1_HEX = re.compile(r"^[0-9a-f]{40}$")
@@ -113,8 +112,15 @@ def read_lock(path: Path) -> LockFile:
     if not path.exists():
         return LockFile(format=LOCK_FORMAT)
     try:
-        data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
+        data: dict[str, Any] = parse_toml(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise LockError(f"{path}: cannot read the lock ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise LockError(
+            f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); "
+            "run `nox -s lock` to rewrite it"
+        ) from None
+    except ValueError as exc:
         raise LockError(
             f"{path}: malformed TOML ({exc}); run `nox -s lock` to rewrite it"
         ) from None

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import PatchError
+from .tomlfile import exists, is_file
 
 _HEADER_KEYS = ("why:", "drop-when:")
 _FAILED = re.compile(r"error: patch failed: (?P<file>.+):(?P<line>\d+)")
@@ -45,28 +46,36 @@ def load_series(project: Path, recipe: str, version: str) -> PatchSeries:
     """Read the series for a recipe version; no directory means no patches."""
     directory = project / "patches" / recipe / version
     series_file = directory / "series"
-    if not directory.exists():
+    if not exists(directory):
         return PatchSeries(directory, ())
-    if not series_file.is_file():
+    if not is_file(series_file):
         raise PatchError(
             f"{directory}: patch directory without a 'series' file; list the patches in order there"
         )
     patches = []
     listed: set[str] = set()
-    for number, raw in enumerate(series_file.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        lines = series_file.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise PatchError(
+            f"{series_file}: not UTF-8 text ({exc.reason} at byte {exc.start}); "
+            "list one patch file name per line"
+        ) from None
+    for number, raw in enumerate(lines, start=1):
         name = raw.split("#", 1)[0].strip()
         if not name:
             continue
         path = directory / name
-        if "/" in name or not path.is_file():
+        if "/" in name or not is_file(path):
             raise PatchError(f"{series_file}:{number}: patch '{name}' not found in {directory}")
         if name in listed:
             raise PatchError(f"{series_file}:{number}: patch '{name}' is listed twice")
         listed.add(name)
         data = path.read_bytes()
         header = _header(data.decode("utf-8", errors="replace"))
-        lowered = header.lower()
-        missing = [key for key in _HEADER_KEYS if key not in lowered]
+        # Header lines, not words anywhere: "explains why: …" is no Why: line.
+        starts = [line.lstrip().lower() for line in header.splitlines()]
+        missing = [key for key in _HEADER_KEYS if not any(s.startswith(key) for s in starts)]
         if missing:
             raise PatchError(
                 f"{path}: header lacks {' and '.join(repr(k.title()) for k in missing)}; "

@@ -21,7 +21,7 @@ from pydantic import Field, field_validator, model_validator
 
 from .archs import CudaArch, check_arch, parse_arch
 from .errors import ConfigError
-from .tomlfile import StrictModel, load_model, read_toml
+from .tomlfile import StrictModel, is_file, load_model, read_toml
 
 # Variables a recipe may use in its command, environment and wheel pattern.
 TEMPLATE_VARIABLES: dict[str, str] = {
@@ -46,9 +46,19 @@ RECIPE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 def template_fields(text: str) -> list[str]:
     """Names used as ``{name}`` in ``text`` (``{{`` escapes a brace)."""
     try:
-        return [field for _, field, _, _ in string.Formatter().parse(text) if field is not None]
+        parsed = list(string.Formatter().parse(text))
     except ValueError as exc:
         raise ValueError(f"malformed template ({exc})") from None
+    for _, field, spec, conversion in parsed:
+        # Values are plain strings: "{jobs:d}" or "{python!x}" could only fail later, at plan time.
+        if field is not None and (spec or conversion):
+            written = (
+                field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
+            )
+            raise ValueError(
+                f"'{{{written}}}' has a conversion or format spec; write a plain '{{{field}}}'"
+            )
+    return [field for _, field, _, _ in parsed if field is not None]
 
 
 def _check_template(text: str) -> str:
@@ -152,7 +162,8 @@ class RecipeFile(StrictModel):
     name: str = Field(pattern=RECIPE_NAME.pattern)
     dist: str
     summary: str
-    memory_per_job_gb: float = Field(gt=0)
+    # At least 10 MB: a smaller divisor makes "available memory ÷ memory per job" infinite.
+    memory_per_job_gb: float = Field(ge=0.01, allow_inf_nan=False)
     disk_gb: float = Field(default=2.0, gt=0)  # free space a build needs (sources + build tree)
     cuda: bool = True  # the wheel must carry CUDA device code (a CPU-only result is refused)
     needs: list[str] = Field(default_factory=list)
@@ -227,7 +238,7 @@ def load_recipe(project: Path, name: str) -> Recipe:
         raise ConfigError(f"'{name}' is not a valid recipe name (lowercase letters, digits, '-')")
     directory = project / "recipes" / name
     path = directory / "recipe.toml"
-    if not path.is_file():
+    if not is_file(path):
         known = ", ".join(available_recipes(project)) or "none"
         raise ConfigError(f"no recipe '{name}' ({path} not found); known recipes: {known}")
     data: dict[str, Any] = read_toml(path, what="recipe")
@@ -235,7 +246,7 @@ def load_recipe(project: Path, name: str) -> Recipe:
     if spec.name != name:
         raise ConfigError(f"{path}: key 'name': is '{spec.name}' but the directory is '{name}'")
     for need in spec.needs:
-        if not (project / "recipes" / need / "recipe.toml").is_file():
+        if not is_file(project / "recipes" / need / "recipe.toml"):
             raise ConfigError(f"{path}: key 'needs': no recipe '{need}' in {project / 'recipes'}")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return Recipe(spec=spec, path=path, directory=directory, digest=digest)

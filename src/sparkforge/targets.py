@@ -15,7 +15,7 @@ from pydantic import Field, field_validator, model_validator
 
 from .archs import CudaArch, check_arch, parse_arch
 from .errors import ConfigError
-from .tomlfile import StrictModel, load_model
+from .tomlfile import StrictModel, is_file, load_model
 
 DEFAULT_TARGET = "dgx-spark"
 
@@ -39,6 +39,14 @@ class TargetFile(StrictModel):
     def _archs_parse(cls, value: list[str]) -> list[str]:
         for item in value:
             check_arch(item)
+        return value
+
+    @field_validator("cuda_home")
+    @classmethod
+    def _cuda_home(cls, value: str) -> str:
+        # Looked up on disk and in the builder image: a path the OS can resolve from anywhere.
+        if not value.startswith("/") or any(len(p.encode()) > 255 for p in value.split("/")):
+            raise ValueError(f"'{value}' is not an absolute path; write e.g. '/usr/local/cuda'")
         return value
 
     @model_validator(mode="after")
@@ -100,7 +108,7 @@ def load_target(project: Path, name: str) -> Target:
     if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", name):
         raise ConfigError(f"--target: '{name}' is not a valid target name")
     path = project / "targets" / f"{name}.toml"
-    if not path.is_file():
+    if not is_file(path):
         known = ", ".join(available_targets(project)) or "none"
         raise ConfigError(
             f"--target: no target '{name}' ({path} not found); known targets: {known}"

@@ -1,0 +1,575 @@
+"""``sparkforge publish`` against a real pypiserver (from PyPI, htpasswd, no fallback)
+and a directory: credentials, never overwrite, no-op reruns, verified uploads,
+``pip install --require-hashes`` from the result, and SIGKILL halfway."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from base64 import b64encode
+from collections.abc import Iterator
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urljoin, urlsplit
+
+import pytest
+
+from conftest import CliRunner, snapshot
+from sparkforge.errors import ConfigError, PublishError
+from sparkforge.index import StoredWheel, Wheelhouse
+from sparkforge.publish import (
+    PAUSE_AFTER_ENV,
+    DirectoryDestination,
+    RsyncDestination,
+    UploadDestination,
+    dependency_order,
+    destination_for,
+    publish,
+)
+from sparkforge.workspace import Workspace
+from test_wheels import fresh_venv, make_wheel, pip_install, run_python
+
+PYPISERVER = ["pypiserver==2.4.2", "passlib==1.7.4"]
+USER, PASSWORD = "alice", "s3cret-pass"
+
+
+# --- a real pypiserver -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pypiserver_bin(request: pytest.FixtureRequest) -> Path:
+    """pypiserver and passlib from PyPI in a venv cached under pytest's cache directory."""
+    venv = request.config.cache.mkdir("sparkforge-pypiserver")
+    if not (venv / "bin" / "pypi-server").exists():
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "--quiet",
+                        "--disable-pip-version-check", *PYPISERVER], check=True)  # fmt: skip
+    return venv / "bin"
+
+
+@dataclass
+class Server:
+    url: str  # the upload URL (twine's --repository-url)
+    packages: Path
+    process: subprocess.Popen[bytes]
+
+    @property
+    def simple(self) -> str:
+        return self.url + "simple/"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _start_pypiserver(bin_dir: Path, root: Path, authenticate: str) -> Server:
+    """pypi-server run with htpasswd authentication (made with passlib, as its docs say)."""
+    root.mkdir(parents=True)
+    htpasswd = root / "htpasswd.txt"
+    subprocess.run(
+        [str(bin_dir / "python"), "-c",
+         "import sys; from passlib.apache import HtpasswdFile as H; "
+         "h = H(sys.argv[1], new=True); h.set_password(sys.argv[2], sys.argv[3]); h.save()",
+         str(htpasswd), USER, PASSWORD],
+        check=True,
+    )  # fmt: skip
+    packages = root / "packages"
+    packages.mkdir()
+    port = _free_port()
+    process = subprocess.Popen(
+        [str(bin_dir / "pypi-server"), "run", "-p", str(port), "-i", "127.0.0.1",
+         "-P", str(htpasswd), "-a", authenticate, "--disable-fallback", str(packages)],
+        stdout=(root / "server.log").open("wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(url + "health", timeout=2):
+                return Server(url, packages, process)
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError((root / "server.log").read_text()) from None
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def server(pypiserver_bin: Path, tmp_path: Path) -> Iterator[Server]:
+    """Uploads, downloads and listing all need credentials."""
+    started = _start_pypiserver(pypiserver_bin, tmp_path / "pypiserver", "update,download,list")
+    yield started
+    started.process.terminate()
+    started.process.wait(timeout=10)
+
+
+@pytest.fixture
+def anonymous_read_server(pypiserver_bin: Path, tmp_path: Path) -> Iterator[Server]:
+    """Only uploads need credentials, so a wrong password is found by the upload itself."""
+    started = _start_pypiserver(pypiserver_bin, tmp_path / "pypiserver-ro", "update")
+    yield started
+    started.process.terminate()
+    started.process.wait(timeout=10)
+
+
+@pytest.fixture
+def credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TWINE_USERNAME", USER)
+    monkeypatch.setenv("TWINE_PASSWORD", PASSWORD)
+
+
+def _get(url: str) -> bytes:
+    request = urllib.request.Request(url)
+    token = b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    request.add_header("Authorization", f"Basic {token}")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return bytes(response.read())
+
+
+class _Hrefs(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.hrefs: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self.hrefs.append(str(dict(attrs)["href"]))
+
+
+def _hrefs(page: bytes) -> list[str]:
+    parser = _Hrefs()
+    parser.feed(page.decode())
+    return parser.hrefs
+
+
+def served_files(server: Server) -> dict[str, str]:
+    """Every file the index lists, downloaded through its href and checked against its
+    listed sha256: a partial or damaged file fails here. Returns name → sha256."""
+    files: dict[str, str] = {}
+    for project in _hrefs(_get(server.simple)):
+        page = urljoin(server.simple, project)
+        for href in _hrefs(_get(page)):
+            url, _, fragment = urljoin(page, href).partition("#")
+            digest = hashlib.sha256(_get(url)).hexdigest()
+            assert fragment == f"sha256={digest}", f"{url} listed {fragment}, serves {digest}"
+            files[unquote(urlsplit(url).path.rsplit("/", 1)[-1])] = digest
+    assert sorted(files) == sorted(p.name for p in server.packages.iterdir())
+    return files
+
+
+# --- wheels in a local wheelhouse --------------------------------------------------------
+
+
+def provenance_for(wheel: Path) -> bytes:
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    return json.dumps({"_type": "https://in-toto.io/Statement/v1",
+                       "subject": [{"name": wheel.name, "digest": {"sha256": digest}}]}).encode()  # fmt: skip
+
+
+def add_wheel(
+    house: Path, name: str, version: str, value: int, requires: tuple[str, ...] = (), size: int = 0
+) -> StoredWheel:
+    """A real, installable wheel (module ``<name>`` with VALUE, optional padding) published
+    into the wheelhouse at ``house``."""
+    files = {f"{name}/__init__.py": f"VALUE = {value}\n".encode()}
+    if size:
+        files[f"{name}/blob.bin"] = hashlib.sha256(name.encode()).digest() * (size // 32)
+    raw = make_wheel(house.parent / f"raw-{name}-{value}", name, version, files,
+                     requires=requires)  # fmt: skip
+    return Wheelhouse(house).publish(raw, provenance_for(raw))
+
+
+@pytest.fixture
+def house(tmp_path: Path) -> Path:
+    """sfapp 2.0 requires sfpub; sfpub 1.0; sfextra 0.5."""
+    root = tmp_path / "wheelhouse"
+    add_wheel(root, "sfapp", "2.0", 2, requires=("sfpub>=1",))
+    add_wheel(root, "sfpub", "1.0", 1)
+    add_wheel(root, "sfextra", "0.5", 5)
+    return root
+
+
+def one_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert len(lines) == 1, text
+    assert "Traceback" not in text
+    return lines[0]
+
+
+# --- the upload API ----------------------------------------------------------------------
+
+
+@pytest.mark.network
+def test_publish_uploads_verifies_and_a_rerun_is_a_no_op(
+    cli: CliRunner, server: Server, house: Path, credentials: None
+) -> None:
+    result = cli("publish", "--to", server.url, "--wheelhouse", house)
+    assert result.code == 0, result.err
+    sent = [line.split()[1] for line in result.out.splitlines() if line.startswith("sent ")]
+    # dependencies first: sfpub before sfapp, which requires it
+    assert sent.index("sfpub-1.0-py3-none-any.whl") < sent.index("sfapp-2.0-py3-none-any.whl")
+    assert "downloaded back, sha256 matches" in result.out
+    local = {w.filename: w.sha256 for w in Wheelhouse(house).wheels()}
+    assert served_files(server) == local
+    before = {p.name: p.stat().st_mtime_ns for p in server.packages.iterdir()}
+
+    again = cli("publish", "--to", server.url, "--wheelhouse", house)
+    assert again.code == 0, again.err
+    assert "published 0 wheels" in again.out and again.out.count("already there:") == 3
+    assert {p.name: p.stat().st_mtime_ns for p in server.packages.iterdir()} == before
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("kind", ["listing needs auth", "upload only needs auth"])
+def test_wrong_credentials_are_one_line_and_upload_nothing(
+    cli: CliRunner,
+    request: pytest.FixtureRequest,
+    house: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+) -> None:
+    target: Server = request.getfixturevalue(
+        "server" if kind == "listing needs auth" else "anonymous_read_server"
+    )
+    monkeypatch.setenv("TWINE_USERNAME", USER)
+    monkeypatch.setenv("TWINE_PASSWORD", "wrong")
+    result = cli("publish", "--to", target.url, "--wheelhouse", house)
+    assert result.code == 1
+    line = one_line(result.err)
+    assert "TWINE_USERNAME and TWINE_PASSWORD" in line
+    assert ("403" in line) or ("401" in line)
+    assert list(target.packages.iterdir()) == []
+
+
+@pytest.mark.network
+def test_refuses_to_overwrite_a_different_file_and_sends_nothing(
+    cli: CliRunner, server: Server, house: Path, credentials: None, tmp_path: Path
+) -> None:
+    # An earlier, different sfpub 1.0 wheel with the same file name is on the index.
+    other = make_wheel(tmp_path / "other", "sfpub", "1.0", {"sfpub/__init__.py": b"VALUE = 99\n"})
+    (server.packages / other.name).write_bytes(other.read_bytes())
+    result = cli("publish", "--to", server.url, "--wheelhouse", house)
+    assert result.code == 1
+    line = one_line(result.err)
+    assert "would overwrite sfpub-1.0-py3-none-any.whl" in line and "nothing was published" in line
+    assert [p.name for p in server.packages.iterdir()] == [other.name]  # sfapp, sfextra not sent
+    assert (server.packages / other.name).read_bytes() == other.read_bytes()
+
+
+@pytest.mark.network
+def test_published_wheel_installs_with_require_hashes(
+    cli: CliRunner, server: Server, house: Path, credentials: None, tmp_path: Path
+) -> None:
+    assert cli("publish", "--to", server.url, "--wheelhouse", house, "sfpub", "sfapp").code == 0
+    assert sorted(served_files(server)) == ["sfapp-2.0-py3-none-any.whl", "sfpub-1.0-py3-none-any.whl"]  # fmt: skip
+    requirements = tmp_path / "requirements.txt"
+    exported = cli("export", "--no-deps", "--wheelhouse", house, "--index-url", server.simple,
+                   "-o", requirements, "sfapp", "sfpub")  # fmt: skip
+    assert exported.code == 0, exported.err
+    python = fresh_venv(tmp_path / "venv")
+    index = server.simple.replace("http://", f"http://{USER}:{PASSWORD}@")
+    installed = pip_install(python, "--require-hashes", "-r", str(requirements),
+                            "--index-url", index)  # fmt: skip
+    assert installed.returncode == 0, installed.stderr
+    assert run_python(python, "import sfapp, sfpub; print(sfapp.VALUE, sfpub.VALUE)") == "2 1"
+    # A hash that is not the published one is refused by pip.
+    requirements.write_text(f"sfpub==1.0 --hash=sha256:{'0' * 64}\n")
+    wrong = pip_install(fresh_venv(tmp_path / "venv2"), "--require-hashes", "-r",
+                        str(requirements), "--index-url", index)  # fmt: skip
+    assert wrong.returncode != 0 and "DO NOT MATCH" in wrong.stderr
+
+
+def test_credentials_in_the_url_are_refused(cli: CliRunner, house: Path) -> None:
+    for url in ("http://alice:secret@127.0.0.1:9/", "https://alice@example.invalid/",
+                "rsync://alice:secret@host/module", "alice:secret@host:/srv/wheels"):  # fmt: skip
+        result = cli("publish", "--to", url, "--wheelhouse", house)
+        assert result.code == 2, url
+        assert "secret" not in result.err
+        assert "refused" in one_line(result.err)
+
+
+def test_destination_forms(tmp_path: Path) -> None:
+    workspace = Workspace(tmp_path / "ws")
+    local = destination_for(str(tmp_path / "d"), simple_url=None, workspace=workspace)
+    assert isinstance(local, DirectoryDestination) and local.root == tmp_path / "d"
+    url = destination_for((tmp_path / "d").as_uri(), simple_url=None, workspace=workspace)
+    assert isinstance(url, DirectoryDestination) and url.root == tmp_path / "d"
+    upload = destination_for("https://h.example/api/pypi/repo", simple_url=None,
+                             workspace=workspace)  # fmt: skip
+    assert isinstance(upload, UploadDestination)
+    assert upload.simple_url == "https://h.example/api/pypi/repo/simple/"
+    devpi = destination_for("https://h.example/u/idx/", simple_url="https://h.example/u/idx/+simple",
+                            workspace=workspace)  # fmt: skip
+    assert isinstance(devpi, UploadDestination) and devpi.simple_url.endswith("/+simple/")
+    with pytest.raises(ConfigError, match="unknown scheme"):
+        destination_for("ftp://h/x", simple_url=None, workspace=workspace)
+    with pytest.raises(ConfigError, match="--simple-url"):
+        destination_for(str(tmp_path), simple_url="https://x/simple", workspace=workspace)
+    if shutil.which("rsync"):
+        ssh = destination_for("builder@spark-01:/srv/wheels/", simple_url=None,
+                              workspace=workspace)  # fmt: skip
+        assert isinstance(ssh, RsyncDestination) and ssh.remote == "builder@spark-01:/srv/wheels"
+        assert ssh.staging.parent == workspace.root / "publish"
+
+
+def test_dependency_order_puts_required_projects_first(house: Path) -> None:
+    ordered = [w.project for w in dependency_order(Wheelhouse(house).wheels())]
+    assert ordered == ["sfextra", "sfpub", "sfapp"]
+
+
+def test_unknown_project_and_empty_wheelhouse_are_one_line(
+    cli: CliRunner, house: Path, tmp_path: Path
+) -> None:
+    result = cli("publish", "--to", tmp_path / "team", "--wheelhouse", house, "nope")
+    assert result.code == 2 and "no wheels of project 'nope'" in one_line(result.err)
+    empty = cli("publish", "--to", tmp_path / "team", "--wheelhouse", tmp_path / "empty")
+    assert empty.code == 2 and "holds no wheels" in one_line(empty.err)
+    assert not (tmp_path / "team").exists()
+
+
+# --- a directory -------------------------------------------------------------------------
+
+
+def check_static_index(root: Path) -> dict[str, str]:
+    """Every page parses; every listed file exists with the listed hash; nothing else is a
+    wheel there (temp files are dot files). Returns listed name → sha256."""
+    listed: dict[str, str] = {}
+    simple = root / "simple"
+    for project in _hrefs((simple / "index.html").read_bytes()):
+        page = simple / project / "index.html"
+        json.loads((page.parent / "index.json").read_text())
+        for href in _hrefs(page.read_bytes()):
+            path, _, fragment = href.partition("#")
+            target = Path(os.path.normpath(page.parent / unquote(path)))  # lexically, as pip
+            digest = hashlib.sha256(target.read_bytes()).hexdigest()
+            assert fragment == f"sha256={digest}", target
+            listed[target.name] = digest
+    visible = sorted(p.name for p in (root / "files").glob("*.whl"))
+    assert visible == sorted(listed), "a wheel is visible that the index does not list"
+    return listed
+
+
+def test_directory_publish_installs_and_reruns_as_a_no_op(
+    cli: CliRunner, house: Path, tmp_path: Path
+) -> None:
+    team = tmp_path / "team"
+    first = cli("publish", "--to", team, "--wheelhouse", house)
+    assert first.code == 0, first.err
+    assert check_static_index(team) == {w.filename: w.sha256 for w in Wheelhouse(house).wheels()}
+    for wheel in Wheelhouse(house).wheels():  # provenance travels with the static copy
+        copied = team / "files" / (wheel.filename + ".provenance.json")
+        assert copied.read_bytes() == wheel.provenance.read_bytes()
+    before = snapshot(team)
+    again = cli("publish", "--to", team.as_uri(), "--wheelhouse", house)
+    assert again.code == 0 and "published 0 wheels" in again.out
+    assert snapshot(team) == before
+    requirements = tmp_path / "req.txt"
+    wheel = Wheelhouse(house).wheels("sfpub")[0]
+    requirements.write_text(f"sfpub==1.0 --hash=sha256:{wheel.sha256}\n")
+    python = fresh_venv(tmp_path / "venv")
+    installed = pip_install(python, "--require-hashes", "-r", str(requirements),
+                            "--index-url", (team / "simple").as_uri())  # fmt: skip
+    assert installed.returncode == 0, installed.stderr
+    assert run_python(python, "import sfpub; print(sfpub.VALUE)") == "1"
+
+
+def test_directory_refuses_overwrite_and_changes_nothing(
+    cli: CliRunner, house: Path, tmp_path: Path
+) -> None:
+    team = tmp_path / "team"
+    elsewhere = tmp_path / "elsewhere"
+    add_wheel(elsewhere, "sfpub", "1.0", 42)  # same name, other bytes
+    assert cli("publish", "--to", team, "--wheelhouse", elsewhere).code == 0
+    before = snapshot(team)
+    result = cli("publish", "--to", team, "--wheelhouse", house)
+    assert result.code == 1
+    assert "would overwrite sfpub-1.0-py3-none-any.whl" in one_line(result.err)
+    assert snapshot(team) == before
+
+
+@pytest.mark.skipif(not shutil.which("rsync"), reason="rsync is not installed")
+def test_rsync_protocol_against_a_local_path(house: Path, tmp_path: Path) -> None:
+    """The rsync form's push order, with rsync's local mode standing in for ssh."""
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    destination = RsyncDestination.create(str(remote), Workspace(tmp_path / "ws"))
+    outcome = publish(house, destination, [], report=lambda line: None)
+    assert len(outcome.sent) == 3
+    assert check_static_index(remote) == {w.filename: w.sha256 for w in Wheelhouse(house).wheels()}
+    assert len(list((remote / ".index").iterdir())) == 1
+    add_wheel(house, "sfnew", "1.0", 7)
+    again = RsyncDestination.create(str(remote), Workspace(tmp_path / "ws"))
+    outcome = publish(house, again, [], report=lambda line: None)
+    assert outcome.sent == ["sfnew-1.0-py3-none-any.whl"] and len(outcome.already_there) == 3
+    assert "sfnew-1.0-py3-none-any.whl" in check_static_index(remote)
+    assert len(list((remote / ".index").iterdir())) == 1  # the old generation is gone
+    with pytest.raises(PublishError, match="does the directory exist"):
+        publish(house, RsyncDestination.create(str(tmp_path / "absent"), Workspace(tmp_path / "ws")),
+                [], report=lambda line: None)  # fmt: skip
+
+
+# --- killed halfway ----------------------------------------------------------------------
+
+
+def _start_publish(house: Path, to: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "sparkforge.cli", "publish", "--to", to, "--wheelhouse", str(house)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True,  # its own process group: the kill takes twine with it
+    )  # fmt: skip
+
+
+def _wait_for(process: subprocess.Popen[str], text: str, timeout: float = 120) -> None:
+    assert process.stderr is not None
+    selector = selectors.DefaultSelector()
+    selector.register(process.stderr, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    seen = ""
+    while text not in seen:
+        if time.monotonic() > deadline or not selector.select(deadline - time.monotonic()):
+            break
+        line = process.stderr.readline()
+        if not line:
+            break
+        seen += line
+    assert text in seen, f"publish did not pause: {seen}"
+
+
+def _kill(process: subprocess.Popen[str]) -> None:
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
+    assert process.returncode == -signal.SIGKILL
+
+
+@pytest.mark.network
+def test_kill_halfway_to_pypiserver_leaves_both_indexes_valid(
+    server: Server, house: Path, credentials: None
+) -> None:
+    add_wheel(house, "sfbig", "1.0", 3, size=30 << 20)  # a large one too
+    local_before = snapshot(house)
+    process = _start_publish(house, server.url, {**os.environ, PAUSE_AFTER_ENV: "2"})
+    _wait_for(process, "publish paused after 2 wheels")
+    _kill(process)
+    assert snapshot(house) == local_before  # publish never writes the local wheelhouse
+    check_static_index(house)
+    remote = served_files(server)  # pages parse, every listed file complete with its hash
+    assert len(remote) == 2
+    local = {w.filename: w.sha256 for w in Wheelhouse(house).wheels()}
+    assert all(local[name] == digest for name, digest in remote.items())
+
+    rerun = _start_publish(house, server.url, dict(os.environ))
+    out, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err
+    assert out.count("already there:") == 2 and "published 2 wheels" in out
+    assert served_files(server) == local
+
+
+def test_kill_halfway_to_a_directory_leaves_both_indexes_valid(house: Path, tmp_path: Path) -> None:
+    team = tmp_path / "team"
+    local_before = snapshot(house)
+    process = _start_publish(house, str(team), {**os.environ, PAUSE_AFTER_ENV: "1"})
+    _wait_for(process, "publish paused after 1 wheels")
+    _kill(process)
+    assert snapshot(house) == local_before
+    check_static_index(house)
+    assert len(check_static_index(team)) == 1
+
+    rerun = _start_publish(house, str(team), dict(os.environ))
+    out, err = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, err
+    assert "published 2 wheels" in out and "1 already there" in out
+    assert check_static_index(team) == {w.filename: w.sha256 for w in Wheelhouse(house).wheels()}
+
+
+def test_upload_destination_reports_an_unreachable_index(house: Path) -> None:
+    port = _free_port()  # nothing listens there
+    destination = destination_for(f"http://127.0.0.1:{port}/", simple_url=None,
+                                  workspace=Workspace(Path("/nonexistent")))  # fmt: skip
+    with pytest.raises(PublishError, match="cannot reach"):
+        publish(house, destination, [], report=lambda line: None)
+
+
+@pytest.mark.network
+def test_kill_during_a_large_upload_is_found_and_refused_by_the_next_run(
+    cli: CliRunner, server: Server, tmp_path: Path, credentials: None
+) -> None:
+    """SIGKILL while twine streams a 150 MB wheel, once the server holds 50 MB of it.
+
+    pypiserver 2.4.2 then stores the part it received under the final name (and
+    lists it, with the hash of those bytes): no upload protocol lets a client
+    take that back. The next publish must not take it for "already there" nor
+    overwrite it: it says the file was cut off and stops; once the file is
+    deleted there, publish completes.
+    """
+    house = tmp_path / "big"
+    big = add_wheel(house, "sfhuge", "1.0", 1, size=150 << 20)
+    process = _start_publish(house, server.url, dict(os.environ))
+    deadline = time.monotonic() + 60
+    while _spooled_body(server.process.pid) < 50 << 20:
+        assert time.monotonic() < deadline and process.poll() is None, "the upload never started"
+        time.sleep(0.001)
+    _kill(process)
+    time.sleep(0.5)  # the server finishes handling the broken request
+    remote = served_files(server)  # pages parse, every listed file has its listed hash
+    assert list(remote) == [big.filename], "pypiserver 2.4.2 keeps the part it received"
+    stored = server.packages / big.filename
+    assert stored.stat().st_size < big.size
+    assert big.path.read_bytes()[: stored.stat().st_size] == stored.read_bytes()
+    refused = cli("publish", "--to", server.url, "--wheelhouse", house)
+    assert refused.code == 1
+    assert "an upload that was cut off" in one_line(refused.err)
+    stored.unlink()  # what the index's administrator does
+    again = cli("publish", "--to", server.url, "--wheelhouse", house)
+    assert again.code == 0, again.err
+    assert served_files(server) == {big.filename: big.sha256}
+
+
+def _spooled_body(pid: int) -> int:
+    """Bytes of a request body the server has received: bottle spools it to an
+    unlinked temp file, seen through /proc/<pid>/fd."""
+    size = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if os.readlink(fd).endswith("(deleted)"):
+                size = max(size, fd.stat().st_size)
+        except OSError:
+            continue  # closed meanwhile
+    return size
+
+
+def test_kill_while_copying_a_large_wheel_leaves_no_partial_file(tmp_path: Path) -> None:
+    """SIGKILL as soon as the copy's temp file appears: only a dot file may be left."""
+    house = tmp_path / "big"
+    big = add_wheel(house, "sfhuge", "1.0", 1, size=150 << 20)
+    team = tmp_path / "team"
+    wheel_temp = re.compile(re.escape(f".{big.filename}.") + "[a-z0-9_]{8}")  # mkstemp's name
+    process = _start_publish(house, str(team), dict(os.environ))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        if any(wheel_temp.fullmatch(p.name) for p in (team / "files").glob(".*")):
+            break
+        time.sleep(0.001)
+    if process.poll() is None:
+        _kill(process)
+    assert not (team / "files" / big.filename).exists() or (
+        hashlib.sha256((team / "files" / big.filename).read_bytes()).hexdigest() == big.sha256
+    )
+    if (team / "simple").exists():
+        check_static_index(team)
+    rerun = _start_publish(house, str(team), dict(os.environ))
+    _, err = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, err
+    assert check_static_index(team) == {big.filename: big.sha256}
