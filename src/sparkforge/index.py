@@ -159,7 +159,16 @@ class Wheelhouse:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        """One writer at a time: two regenerations could otherwise delete each other's."""
+        """One writer at a time: two regenerations could otherwise delete each other's.
+
+        A wheelhouse whose ``simple`` is not a symlink is refused before anything
+        is written, so the refusal leaves it exactly as it was."""
+        simple = self.root / _SIMPLE
+        if simple.exists() and not simple.is_symlink():
+            raise WheelhouseError(
+                f"{simple} is not a symlink, so the index cannot be swapped atomically; "
+                "move it away and run the publish again"
+            )
         self.files.mkdir(parents=True, exist_ok=True)
         with (self.root / ".lock").open("a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
