@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import zipfile
@@ -102,3 +103,31 @@ def test_verify_repro_with_the_container_runner(
     out = capsys.readouterr().out
     assert code == 0, out
     assert f"reproducible: {builds['container'].name}" in out
+
+
+def test_lock_pins_the_base_and_a_pinned_build_needs_no_override(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`lock --builder` records the base image's digest; the build then runs without
+    --allow-unpinned-base and provenance carries the pin."""
+    base = ensure_standin("amd64", log=lambda line: None)
+    project = copy_project(tmp_path / "pinned")
+    hopper = (project / "targets" / "hopper.toml").read_text()
+    pinned_target = hopper.replace('name = "hopper"', 'name = "standin"')
+    pinned_target = re.sub(r'builder_image = ".*"', f'builder_image = "{base}"', pinned_target)
+    pinned_target = pinned_target.replace('python = "3.12"', 'python = "3.11"')
+    (project / "targets" / "standin.toml").write_text(pinned_target)
+    engines = str(REPO / "ci" / "engines.toml")
+    assert main(["lock", "--builder", "--target", "standin", "--engine", "podman", "--engines", engines,
+                 "--project", str(project)]) == 0  # fmt: skip
+    lock = (project / "lock.toml").read_text()
+    digest = re.search(rf'"{re.escape(base)}" = "(sha256:[0-9a-f]{{64}})"', lock)
+    assert digest, lock
+    args = ["build", "sm121-probe", "--target", "standin", "--runner", "container", "--engine", "podman",
+            "--engines", engines, "--build-arg", "CUDA_APT_PACKAGES=", "--project", str(project),
+            "--workspace", str(tmp_path / "ws")]  # fmt: skip
+    capsys.readouterr()
+    assert main(args) == 0, capsys.readouterr().err
+    (provenance,) = (project / "wheelhouse" / "files").glob("*.provenance.json")
+    version = json.loads(provenance.read_text())["predicate"]["runDetails"]["builder"]["version"]
+    assert version["base_digest"] == digest[1] == version["base_image_digest"]
