@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import re
-import selectors
 import shutil
 import signal
 import socket
@@ -29,7 +28,6 @@ from conftest import CliRunner, snapshot
 from sparkforge.errors import ConfigError, PublishError
 from sparkforge.index import StoredWheel, Wheelhouse
 from sparkforge.publish import (
-    PAUSE_AFTER_ENV,
     DirectoryDestination,
     RsyncDestination,
     UploadDestination,
@@ -432,20 +430,13 @@ def _start_publish(house: Path, to: str, env: dict[str, str]) -> subprocess.Pope
     )  # fmt: skip
 
 
-def _wait_for(process: subprocess.Popen[str], text: str, timeout: float = 120) -> None:
-    assert process.stderr is not None
-    selector = selectors.DefaultSelector()
-    selector.register(process.stderr, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout
-    seen = ""
-    while text not in seen:
-        if time.monotonic() > deadline or not selector.select(deadline - time.monotonic()):
-            break
-        line = process.stderr.readline()
-        if not line:
-            break
-        seen += line
-    assert text in seen, f"publish did not pause: {seen}"
+FAULT = "SPARKFORGE_FAULT_INJECT"
+
+
+def _died(process: subprocess.Popen[str]) -> None:
+    """The publish killed itself at the injected point, as by kill -9."""
+    process.communicate(timeout=300)
+    assert process.returncode == -signal.SIGKILL
 
 
 def _kill(process: subprocess.Popen[str]) -> None:
@@ -460,9 +451,8 @@ def test_kill_halfway_to_pypiserver_leaves_both_indexes_valid(
 ) -> None:
     add_wheel(house, "sfbig", "1.0", 3, size=30 << 20)  # a large one too
     local_before = snapshot(house)
-    process = _start_publish(house, server.url, {**os.environ, PAUSE_AFTER_ENV: "2"})
-    _wait_for(process, "publish paused after 2 wheels")
-    _kill(process)
+    process = _start_publish(house, server.url, {**os.environ, FAULT: "publish:sent-2"})
+    _died(process)
     assert snapshot(house) == local_before  # publish never writes the local wheelhouse
     check_static_index(house)
     remote = served_files(server)  # pages parse, every listed file complete with its hash
@@ -480,9 +470,8 @@ def test_kill_halfway_to_pypiserver_leaves_both_indexes_valid(
 def test_kill_halfway_to_a_directory_leaves_both_indexes_valid(house: Path, tmp_path: Path) -> None:
     team = tmp_path / "team"
     local_before = snapshot(house)
-    process = _start_publish(house, str(team), {**os.environ, PAUSE_AFTER_ENV: "1"})
-    _wait_for(process, "publish paused after 1 wheels")
-    _kill(process)
+    process = _start_publish(house, str(team), {**os.environ, FAULT: "publish:sent-1"})
+    _died(process)
     assert snapshot(house) == local_before
     check_static_index(house)
     assert len(check_static_index(team)) == 1

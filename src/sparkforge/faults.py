@@ -6,7 +6,8 @@ SIGKILL when it reaches that point, exactly as ``kill -9`` would. Points:
 the first block of a download, ``env:partial`` after a build venv is created
 and before its requirements are installed, ``publish:stored`` after a wheel is
 stored and before the index is regenerated, ``index:written`` after a new index
-generation is written and before it is swapped in. Unset, this costs one
+generation is written and before it is swapped in, ``publish:sent-<N>`` after
+``sparkforge publish`` sent and verified its Nth wheel. Unset, this costs one
 environment lookup per point.
 """
 

@@ -42,7 +42,6 @@ import shutil
 import ssl
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from base64 import b64encode
@@ -59,6 +58,7 @@ from packaging.metadata import parse_email
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
+from . import faults
 from .digest import sha256_file
 from .errors import ConfigError, PublishError
 from .index import StoredWheel, Wheelhouse
@@ -66,8 +66,6 @@ from .wheels import read_metadata
 from .workspace import Workspace
 
 #: Test-only: after this many wheels are sent, say so on stderr and wait to be killed.
-PAUSE_AFTER_ENV = "SPARKFORGE_TEST_PUBLISH_PAUSE_AFTER"
-
 Report = Callable[[str], None]
 
 
@@ -119,7 +117,7 @@ def publish(
         how = destination.send(wheel)
         outcome.sent.append(wheel.filename)
         report(f"sent {wheel.filename} ({how})")
-        _pause_for_tests(len(outcome.sent))
+        faults.point(f"publish:sent-{len(outcome.sent)}")
     destination.finish()
     return outcome
 
@@ -232,15 +230,6 @@ def _prefix_length(remote: IO[bytes], local: Path) -> int | None:
                 return None
             length += len(chunk)
         return length if mine.read(1) else None
-
-
-def _pause_for_tests(count: int) -> None:
-    """Lets tests kill a publish halfway at a known point (tests/test_publish.py)."""
-    after = os.environ.get(PAUSE_AFTER_ENV, "")
-    if after.isdigit() and count == int(after):
-        print(f"publish paused after {count} wheels ({PAUSE_AFTER_ENV})", file=sys.stderr,
-              flush=True)  # fmt: skip
-        time.sleep(600)
 
 
 # --- choosing the destination -----------------------------------------------------------
