@@ -11,6 +11,7 @@ import textwrap
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -139,6 +140,32 @@ def tiny(project: Path, tiny_lock: str) -> Path:
     write_tiny(project)
     (project / "lock.toml").write_text(tiny_lock)
     return project
+
+
+def one_error_line(result: CliResult, pattern: str, code: int | None = None) -> str:
+    """The result is a failure with exactly one ``error:`` line matching ``pattern``."""
+    assert result.code != 0 if code is None else result.code == code, result.out + result.err
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.err
+    assert re.search(pattern, lines[0]), lines[0]
+    return lines[0]
+
+
+class _Hrefs(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.hrefs: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self.hrefs.append(str(dict(attrs)["href"]))
+
+
+def hrefs(html: str) -> list[str]:
+    """The link targets of an index page."""
+    parser = _Hrefs()
+    parser.feed(html)
+    return parser.hrefs
 
 
 def snapshot(root: Path) -> dict[str, str]:

@@ -7,13 +7,12 @@ The engines here are small shell scripts standing in for docker/podman on PATH
 from __future__ import annotations
 
 import os
-import re
 import stat
 from pathlib import Path
 
 import pytest
 
-from conftest import CliRunner, snapshot
+from conftest import CliRunner, one_error_line, snapshot
 
 pytestmark = pytest.mark.network  # the tiny lock resolves flit_core from PyPI once
 
@@ -57,21 +56,13 @@ def _container_build(cli: CliRunner, tiny: Path, workspace: Path, *extra: str): 
                "--base-image", "localhost/base:1", "--project", tiny, "--workspace", workspace, *extra)  # fmt: skip
 
 
-def _one_line(result, pattern: str) -> str:  # type: ignore[no-untyped-def]
-    assert result.code != 0
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.err
-    assert re.search(pattern, lines[0]), lines[0]
-    return str(lines[0])
-
-
 def test_no_engine_installed(
     cli: CliRunner, tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     result = cli("build", "tiny", "--target", "hopper", "--runner", "container", "--project", tiny,
                  "--workspace", tmp_path / "ws")  # fmt: skip
-    _one_line(
+    one_error_line(
         result,
         r"no container engine found \(docker or podman is not on PATH\): install one .* or build with --runner host",
     )
@@ -82,7 +73,7 @@ def test_unpinned_base_is_refused(
 ) -> None:
     before = snapshot(tiny / "wheelhouse")
     result = _container_build(cli, tiny, tmp_path / "ws")
-    _one_line(
+    one_error_line(
         result,
         r"builder base image localhost/base:1 is not pinned in lock\.toml; run `nox -s lock -- --builder`",
     )
@@ -100,7 +91,7 @@ def test_changed_base_is_refused(
         )
     )
     result = _container_build(cli, tiny, tmp_path / "ws")
-    _one_line(
+    one_error_line(
         result,
         r"builder base image localhost/base:1 is sha256:111111111111…, lock\.toml pins sha256:999999999999…",
     )
@@ -110,7 +101,7 @@ def test_image_build_failure(cli: CliRunner, tiny: Path, tmp_path: Path, fake_po
                              monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     monkeypatch.setenv("FAKE_MODE", "build-fails")
     result = _container_build(cli, tiny, tmp_path / "ws", "--allow-unpinned-base")
-    _one_line(
+    one_error_line(
         result,
         r"building the builder image localhost/sparkforge-builder:[0-9a-f]{12} from Dockerfile\.builder failed: Error: building at STEP",
     )
@@ -121,7 +112,7 @@ def test_engine_that_cannot_start_containers(
     cli: CliRunner, tiny: Path, tmp_path: Path, fake_podman: Path
 ) -> None:
     result = _container_build(cli, tiny, tmp_path / "ws", "--allow-unpinned-base")
-    line = _one_line(
+    line = one_error_line(
         result, r"podman cannot start a container here: Error: crun: creating cgroup directory"
     )
     assert "engines.toml" in line and "ci/engines.toml" in line
@@ -146,7 +137,7 @@ def test_smoke_without_gpu_runtime(cli: CliRunner, tiny: Path, tmp_path: Path, s
     result = cli("smoke", "tiny", "--target", "hopper", "--runner", "container", "--engine", "podman",
                  "--base-image", "localhost/base:1", "--allow-unpinned-base", "--project", tiny,
                  "--workspace", tmp_path / "ws")  # fmt: skip
-    _one_line(
+    one_error_line(
         result,
         r"podman has no NVIDIA CDI spec \(/etc/cdi/nvidia\.yaml\), so no GPU for the smoke test: install the NVIDIA Container Toolkit",
     )

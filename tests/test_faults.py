@@ -14,11 +14,12 @@ import subprocess
 import sys
 import time
 import zipfile
-from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlparse
 
 import pytest
+
+from conftest import hrefs
 
 pytestmark = pytest.mark.network  # the tiny lock resolves flit_core from PyPI once
 
@@ -26,16 +27,6 @@ KILL_POINTS = [
     "phase:sources", "phase:patches", "env:partial", "phase:build", "phase:repair",
     "phase:normalize", "phase:audit", "phase:publish", "publish:stored", "index:written",
 ]  # fmt: skip
-
-
-class _Links(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.hrefs: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "a":
-            self.hrefs.append(str(dict(attrs)["href"]))
 
 
 def check_wheelhouse(root: Path) -> list[str]:
@@ -58,9 +49,7 @@ def check_wheelhouse(root: Path) -> list[str]:
         )
     listed: set[str] = set()
     for page in simple.glob("*/index.html"):
-        parser = _Links()
-        parser.feed(page.read_text())
-        for href in parser.hrefs:
+        for href in hrefs(page.read_text()):
             path, _, fragment = href.partition("#")
             url = urljoin((simple / page.parent.name).as_uri() + "/", path)
             target = Path(unquote(urlparse(url).path))

@@ -18,13 +18,12 @@ import urllib.request
 from base64 import b64encode
 from collections.abc import Iterator
 from dataclasses import dataclass
-from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit
 
 import pytest
 
-from conftest import CliRunner, snapshot
+from conftest import CliRunner, hrefs, snapshot
 from sparkforge.errors import ConfigError, PublishError
 from sparkforge.index import StoredWheel, Wheelhouse
 from sparkforge.publish import (
@@ -137,29 +136,13 @@ def _get(url: str) -> bytes:
         return bytes(response.read())
 
 
-class _Hrefs(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.hrefs: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "a":
-            self.hrefs.append(str(dict(attrs)["href"]))
-
-
-def _hrefs(page: bytes) -> list[str]:
-    parser = _Hrefs()
-    parser.feed(page.decode())
-    return parser.hrefs
-
-
 def served_files(server: Server) -> dict[str, str]:
     """Every file the index lists, downloaded through its href and checked against its
     listed sha256: a partial or damaged file fails here. Returns name → sha256."""
     files: dict[str, str] = {}
-    for project in _hrefs(_get(server.simple)):
+    for project in hrefs(_get(server.simple).decode()):
         page = urljoin(server.simple, project)
-        for href in _hrefs(_get(page)):
+        for href in hrefs(_get(page).decode()):
             url, _, fragment = urljoin(page, href).partition("#")
             digest = hashlib.sha256(_get(url)).hexdigest()
             assert fragment == f"sha256={digest}", f"{url} listed {fragment}, serves {digest}"
@@ -346,10 +329,10 @@ def check_static_index(root: Path) -> dict[str, str]:
     wheel there (temp files are dot files). Returns listed name → sha256."""
     listed: dict[str, str] = {}
     simple = root / "simple"
-    for project in _hrefs((simple / "index.html").read_bytes()):
+    for project in hrefs((simple / "index.html").read_text()):
         page = simple / project / "index.html"
         json.loads((page.parent / "index.json").read_text())
-        for href in _hrefs(page.read_bytes()):
+        for href in hrefs(page.read_text()):
             path, _, fragment = href.partition("#")
             target = Path(os.path.normpath(page.parent / unquote(path)))  # lexically, as pip
             digest = hashlib.sha256(target.read_bytes()).hexdigest()

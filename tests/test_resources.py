@@ -3,7 +3,6 @@ build past its time limit. Each is one line that names the knob to turn."""
 
 from __future__ import annotations
 
-import re
 import subprocess
 import time
 import tomllib
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from conftest import CliRunner, snapshot
+from conftest import CliRunner, one_error_line, snapshot
 
 pytestmark = pytest.mark.network  # the tiny lock resolves flit_core from PyPI once
 
@@ -24,14 +23,6 @@ def _command(tiny: Path, python_code: str) -> None:
     data = tomllib.loads(recipe.read_text())
     data["build"]["command"].insert(0, '{python} -c "' + python_code + '"')
     recipe.write_text(tomli_w.dumps(data))
-
-
-def _one_line(result, pattern: str) -> str:  # type: ignore[no-untyped-def]
-    assert result.code == 1, result.out + result.err
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.err
-    assert re.search(pattern, lines[0]), lines[0]
-    return str(lines[0])
 
 
 @pytest.fixture
@@ -56,9 +47,10 @@ def test_disk_full_during_the_build(cli: CliRunner, tiny: Path, small_disk: Path
     result = cli(
         "build", "tiny", "--target", "hopper", "--project", tiny, "--workspace", small_disk / "ws"
     )
-    _one_line(
+    one_error_line(
         result,
         r"tiny 1\.0\.0: `.*python …` ran out of disk space \([\d.]+ GB free in .*\); free space or point --workspace at a larger disk .*key 'disk_gb'",
+        code=1,
     )
     assert snapshot(tiny / "wheelhouse") == before
 
@@ -73,9 +65,10 @@ def test_compiler_killed_by_the_oom_killer(
     result = cli(
         "build", "tiny", "--target", "hopper", "--project", tiny, "--workspace", shared_workspace
     )
-    _one_line(
+    one_error_line(
         result,
         r"was killed \(signal 9\), most likely by the out-of-memory killer with \d+ jobs; raise 'memory_per_job_gb' in .*recipe\.toml \(now 0\.5\) or pass --jobs \d+",
+        code=1,
     )
     assert not (tiny / "wheelhouse").exists()
 
@@ -91,9 +84,10 @@ def test_build_past_its_time_limit(
     started = time.monotonic()
     result = cli("build", "tiny", "--target", "hopper", "--project", tiny, "--workspace", shared_workspace,
                  "--time-limit", "3")  # fmt: skip
-    _one_line(
+    one_error_line(
         result,
         r"tiny 1\.0\.0: the build exceeded its time limit of 3 s and was stopped; raise --time-limit",
+        code=1,
     )
     assert time.monotonic() - started < 60
     time.sleep(5)
