@@ -39,6 +39,13 @@ for _recipe in RECIPES:
     _make_recipe_sessions(_recipe)
 
 
+@nox.session(name="build-all")
+def build_all(session: nox.Session) -> None:
+    """Every recipe in dependency order, then a table of results."""
+    _install(session)
+    session.run("sparkforge", "build-all", *session.posargs)
+
+
 @nox.session(name="verify-repro")
 def verify_repro(session: nox.Session) -> None:
     """Rebuild a recipe from the lock in a fresh workspace and compare:

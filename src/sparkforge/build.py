@@ -223,6 +223,7 @@ def plan(
     options: BuildOptions,
     *,
     dry_run: bool = False,
+    need_keys: dict[str, str] | None = None,
 ) -> BuildPlan:
     """Everything a build will do, decided up front; refuses a missing or stale lock.
 
@@ -265,6 +266,8 @@ def plan(
             "target": target.identity(),
             "runner": identity,
             "archs": [a.cmake for a in archs],
+            # What it builds against: a rebuilt dependency makes this build stale too.
+            "needs": {need: (need_keys or {}).get(need, "") for need in sorted(recipe.spec.needs)},
         }
     )
     build_dir = workspace.builds / key[:16]

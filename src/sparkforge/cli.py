@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import re
@@ -10,15 +11,18 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from rich.table import Table
 
 from . import __version__
 from .archs import CudaArch, parse_arch
-from .build import BuildOptions, execute, plan, up_to_date
+from .build import BuildOptions, BuildPlan, execute, plan, up_to_date
 from .containers import base_digest, find_engine, load_engine_settings
 from .errors import ConfigError, SparkforgeError
+from .graph import recipe_levels
 from .index import Wheelhouse
 from .lock import read_lock, write_lock
 from .patches import load_series
@@ -172,52 +176,125 @@ def _wheelhouse(args: argparse.Namespace) -> Path:
     return chosen.resolve()
 
 
+@dataclass
+class _Outcome:
+    recipe: str
+    version: str = ""
+    status: str = "pending"  # "up to date", "built", "failed", "skipped"
+    seconds: float = 0.0
+    detail: str = ""
+
+
+def _plans(args: argparse.Namespace, project: Path, workspace: Workspace, names: list[str],
+           top: str | None) -> list[BuildPlan]:  # fmt: skip
+    """Plans for ``names`` and everything they need, in dependency order; each
+    build key includes the keys of what it builds against."""
+    keys: dict[str, str] = {}
+    plans: list[BuildPlan] = []
+    for level in recipe_levels(project, names):
+        for node in level:
+            options = _build_options(args)
+            if node.recipe != top:  # --version and --force speak of the recipe asked for
+                options = dataclasses.replace(options, version=None, force=False)
+            the_plan = plan(project, node.recipe, args.target, _runner(args, project, workspace),
+                            workspace, _wheelhouse(args), options,
+                            dry_run=getattr(args, "dry_run", False), need_keys=keys)  # fmt: skip
+            keys[node.recipe] = the_plan.build_key
+            plans.append(the_plan)
+    return plans
+
+
+def _build(the_plan: BuildPlan, workspace: Workspace, *, force: bool, wait: bool) -> _Outcome:
+    """Build one plan, or find it up to date."""
+    started = time.monotonic()
+    outcome = _Outcome(the_plan.recipe.name, the_plan.version)
+    existing = None if force else up_to_date(the_plan)
+    if existing is None:
+        console.print(
+            f"[bold]building {the_plan.recipe.name} {the_plan.version}[/] for {the_plan.target.name} "
+            f"({', '.join(a.name for a in the_plan.archs)}), {the_plan.jobs} jobs, key {the_plan.build_key[:12]}"
+        )
+        console.print(f"log: {the_plan.log_path}")
+        with workspace.exclusive(wait=wait, note=console.print):
+            # A run that held the workspace may have just built the same key.
+            existing = None if force else up_to_date(the_plan)
+            if existing is None:
+                stored = execute(the_plan, console)
+                console.print(
+                    f"[green]published[/] {stored.path}\n  sha256 {stored.sha256}\n  index "
+                    f"{Wheelhouse(the_plan.wheelhouse).index_url()}"
+                )
+                outcome.status, outcome.detail = "built", stored.filename
+    if existing is not None:
+        console.print(
+            f"up to date: {existing} (build key {the_plan.build_key[:12]}; --force rebuilds)"
+        )
+        outcome.status, outcome.detail = "up to date", existing.name
+    outcome.seconds = time.monotonic() - started
+    return outcome
+
+
 def cmd_build(args: argparse.Namespace) -> int:
+    """Build a recipe, after building (or finding up to date) what it needs."""
     started = time.monotonic()
     project = args.project.resolve()
-    options = _build_options(args)
     workspace = Workspace.locate(args.workspace)
-    the_plan = plan(
-        project,
-        args.recipe,
-        args.target,
-        _runner(args, project, workspace),
-        workspace,
-        _wheelhouse(args),
-        options,
-        dry_run=args.dry_run,
-    )
+    plans = _plans(args, project, workspace, [args.recipe], top=args.recipe)
+    the_plan = plans[-1]
     if args.dry_run:
         if the_plan.blocked_by:
             print(f"note: this plan cannot run here: {the_plan.blocked_by}", file=sys.stderr)
-        text = json.dumps(the_plan.describe(), indent=2)
+        described = {
+            **the_plan.describe(),
+            "needs": {p.recipe.name: p.build_key for p in plans[:-1]},
+        }
+        text = json.dumps(described, indent=2)
         console.print_json(text) if console.is_terminal else print(text)
         return 0
-    if not args.force:
-        existing = up_to_date(the_plan)
-        if existing is not None:
-            console.print(
-                f"up to date: {existing} (build key {the_plan.build_key[:12]}; --force rebuilds)"
-            )
-            console.print(f"pipeline time {time.monotonic() - started:.2f} s")
-            return 0
-    console.print(
-        f"[bold]building {the_plan.recipe.name} {the_plan.version}[/] for {the_plan.target.name} "
-        f"({', '.join(a.name for a in the_plan.archs)}), {the_plan.jobs} jobs, key {the_plan.build_key[:12]}"
-    )
-    console.print(f"log: {the_plan.log_path}")
-    with workspace.exclusive(wait=not args.no_wait, note=console.print):
-        # A run that held the workspace may have just built the same key.
-        existing = None if args.force else up_to_date(the_plan)
-        if existing is not None:
-            console.print(f"up to date: {existing} (built by the run we waited for)")
-            return 0
-        stored = execute(the_plan, console)
-    console.print(
-        f"[green]published[/] {stored.path}\n  sha256 {stored.sha256}\n  index {Wheelhouse(the_plan.wheelhouse).index_url()}"
-    )
+    for need in plans[:-1]:
+        outcome = _build(need, workspace, force=False, wait=not args.no_wait)
+        console.print(f"need {need.recipe.name}: {outcome.status}")
+    _build(the_plan, workspace, force=args.force, wait=not args.no_wait)
     console.print(f"pipeline time {time.monotonic() - started:.2f} s")
     return 0
+
+
+def cmd_build_all(args: argparse.Namespace) -> int:
+    """Every recipe (or those named) in dependency order, then a table of results.
+
+    A failed recipe does not stop the others; what needs it is skipped."""
+    project = args.project.resolve()
+    workspace = Workspace.locate(args.workspace)
+    args.recipe, args.version, args.dry_run = None, None, False
+    plans = _plans(args, project, workspace, args.recipes or available_recipes(project), top=None)
+    outcomes: list[_Outcome] = []
+    broken: set[str] = set()
+    for the_plan in plans:
+        blocked = sorted(set(the_plan.recipe.spec.needs) & broken)
+        if blocked:
+            outcomes.append(_Outcome(the_plan.recipe.name, the_plan.version, "skipped",
+                                     detail=f"needs {', '.join(blocked)}, which did not build"))  # fmt: skip
+            broken.add(the_plan.recipe.name)
+            continue
+        try:
+            outcomes.append(_build(the_plan, workspace, force=args.force, wait=not args.no_wait))
+        except SparkforgeError as exc:
+            outcomes.append(
+                _Outcome(the_plan.recipe.name, the_plan.version, "failed", detail=exc.message)
+            )
+            broken.add(the_plan.recipe.name)
+    table = Table(title=f"build-all for {args.target}", title_justify="left")
+    for column in ("recipe", "version", "result", "seconds", "wheel or reason"):
+        table.add_column(column, overflow="fold")
+    for outcome in outcomes:
+        colour = {"built": "green", "up to date": "green", "failed": "red"}.get(
+            outcome.status, "yellow"
+        )
+        table.add_row(outcome.recipe, outcome.version, f"[{colour}]{outcome.status}[/]",
+                      f"{outcome.seconds:.1f}", outcome.detail)  # fmt: skip
+    console.print(table)
+    failed = [o for o in outcomes if o.status in ("failed", "skipped")]
+    return 1 if failed else 0
 
 
 def cmd_verify_repro(args: argparse.Namespace) -> int:
@@ -446,6 +523,24 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fail instead of waiting when another run holds the workspace")  # fmt: skip
     _common(build)
     build.set_defaults(func=cmd_build)
+
+    build_all = sub.add_parser(
+        "build-all", help="build every recipe in dependency order; a table of results"
+    )
+    build_all.add_argument("recipes", nargs="*", help="only these (and what they need)")
+    build_all.add_argument("--target", default=DEFAULT_TARGET)
+    build_all.add_argument(
+        "--cuda-arch", action="append", default=[], help="extra arch for every recipe"
+    )
+    build_all.add_argument("--jobs", type=_jobs)
+    build_all.add_argument("--allow-arch-gaps", action="store_true")
+    build_all.add_argument("--python", type=_python_version)
+    build_all.add_argument("--time-limit", type=_seconds, metavar="SECONDS")
+    build_all.add_argument("--force", action="store_true", help="rebuild even what is up to date")
+    build_all.add_argument("--no-wait", action="store_true")
+    _runner_options(build_all)
+    _common(build_all)
+    build_all.set_defaults(func=cmd_build_all)
 
     repro = sub.add_parser(
         "verify-repro", help="rebuild from the lock elsewhere and compare with the wheelhouse"
