@@ -20,6 +20,9 @@ def _add_dependent(project: Path, name: str = "tiny2", needs: str = "tiny") -> N
     text = text.replace('name = "tiny"', f'name = "{name}"').replace(
         "cuda = false", f'cuda = false\nneeds = ["{needs}"]'
     )
+    # Same source, so another local label keeps the wheel names apart.
+    text = text.replace("[build]\n", f'[build]\nlocal_version = "{name}"\n')
+    assert f'local_version = "{name}"' in text
     (project / "recipes" / name).mkdir()
     (project / "recipes" / name / "recipe.toml").write_text(text)
 
