@@ -86,12 +86,17 @@ def _seconds(text: str) -> float:
 
 
 def _build_arguments(parser: argparse.ArgumentParser) -> None:
-    """What decides a build: shared by build and verify-repro."""
+    """What decides one recipe's build: shared by build and verify-repro."""
     parser.add_argument("recipe")
-    parser.add_argument("--target", default=DEFAULT_TARGET)
     parser.add_argument(
         "--version", dest="version", help="recipe version (default: the recipe's default)"
     )
+    _build_settings(parser)
+
+
+def _build_settings(parser: argparse.ArgumentParser) -> None:
+    """What decides any build: shared by build, verify-repro and build-all."""
+    parser.add_argument("--target", default=DEFAULT_TARGET)
     parser.add_argument("--cuda-arch", action="append", default=[],
                         help="extra arch, e.g. 121 or 121a (repeatable)")  # fmt: skip
     parser.add_argument("--jobs", type=_jobs,
@@ -528,17 +533,9 @@ def build_parser() -> argparse.ArgumentParser:
         "build-all", help="build every recipe in dependency order; a table of results"
     )
     build_all.add_argument("recipes", nargs="*", help="only these (and what they need)")
-    build_all.add_argument("--target", default=DEFAULT_TARGET)
-    build_all.add_argument(
-        "--cuda-arch", action="append", default=[], help="extra arch for every recipe"
-    )
-    build_all.add_argument("--jobs", type=_jobs)
-    build_all.add_argument("--allow-arch-gaps", action="store_true")
-    build_all.add_argument("--python", type=_python_version)
-    build_all.add_argument("--time-limit", type=_seconds, metavar="SECONDS")
+    _build_settings(build_all)
     build_all.add_argument("--force", action="store_true", help="rebuild even what is up to date")
     build_all.add_argument("--no-wait", action="store_true")
-    _runner_options(build_all)
     _common(build_all)
     build_all.set_defaults(func=cmd_build_all)
 
