@@ -32,13 +32,13 @@ from .buildenv import env_path
 from .digest import sha256_file
 from .errors import BuildError, ConfigError, LockError, WheelError
 from .index import StoredWheel, Wheelhouse
-from .lock import LockEntry, entry_for, read_lock
+from .lock import LockedAsset, LockEntry, entry_for, read_lock
 from .patches import PatchSeries, apply_series, load_series
 from .progress import BuildLog
 from .provenance import statement
 from .recipes import Recipe, load_recipe
 from .runners import Runner, TimeLimitExceeded
-from .sources import materialize, tree_sha256
+from .sources import materialize, stage_assets, tree_sha256
 from .targets import Target, load_target
 from .workspace import Workspace
 
@@ -83,8 +83,15 @@ class BuildPlan:
     workspace: Workspace
     wheelhouse: Path
     log_path: Path
+    assets_dir: Path = Path()
+    need_keys: dict[str, str] = field(default_factory=dict)  # needed recipe → its build key
     options: BuildOptions = field(default=BuildOptions())
     blocked_by: str | None = None  # why this runner cannot execute the plan (dry runs only)
+
+    @property
+    def assets(self) -> list[LockedAsset]:
+        """The lock's assets that this target's build stages."""
+        return [a for a in self.lock.assets if a.platform in (None, self.target.platform)]
 
     @property
     def history_key(self) -> str:
@@ -107,7 +114,21 @@ class BuildPlan:
                 {"name": p.name, "sha256": p.sha256, "why": p.why} for p in self.series.patches
             ],
             "build_requires": [f"{r.name}=={r.version}" for r in self.lock.build_requires],
+            "assets": [
+                {
+                    "name": a.name,
+                    "pin": a.pin(),
+                    "staged_at": str(self.assets_dir / a.dest),
+                    **({"env": a.env} if a.env else {}),
+                    **({"from": a.origin} if a.origin else {}),
+                }
+                for a in self.assets
+            ],
+            "needs": self.recipe.spec.needs,
+            "builder_image": self.builder_image(),
+            "memory_per_job_gb": self.recipe.spec.memory_per_job_gb,
             "jobs": self.jobs,
+            "jobs_on_reference_machine": self.reference_jobs(),
             "build_key": self.build_key,
             "runner": self.runner_identity,
             "build_dir": str(self.build_dir),
@@ -121,6 +142,27 @@ class BuildPlan:
             "log": str(self.log_path),
             "blocked_by": self.blocked_by,
         }
+
+    def builder_image(self) -> dict[str, str]:
+        """The image the container runner builds from, and what pins it."""
+        digest = read_lock(self.project / "lock.toml").builder.get(self.target.builder_image)
+        return {
+            "base": self.target.builder_image,
+            "digest": digest or "not pinned yet (nox -s lock -- --builder)",
+            "dockerfile": "Dockerfile.builder",
+        }
+
+    def reference_jobs(self) -> str | None:
+        """The job count on the target's reference machine, with the arithmetic."""
+        machine = self.target.reference_machine
+        if machine is None:
+            return None
+        per_job = self.recipe.spec.memory_per_job_gb
+        jobs = job_count_for(machine.cores, machine.memory_gb, per_job)
+        return (
+            f"{jobs} = min({machine.cores} cores, {machine.memory_gb:g} GB / {per_job:g} GB per "
+            f"job) ({machine.source})"
+        )
 
     @property
     def output_pattern(self) -> str:
@@ -141,12 +183,17 @@ def available_memory_gb() -> float:
     return 4.0
 
 
+def job_count_for(cores: int, memory_gb: float, memory_per_job_gb: float) -> int:
+    """min(cores, memory ÷ memory per job), at least 1."""
+    return max(1, min(cores, int(memory_gb // memory_per_job_gb)))
+
+
 def job_count(memory_per_job_gb: float, requested: int | None) -> int:
-    """min(cores, available memory ÷ memory per job), at least 1; ``--jobs`` wins."""
+    """Jobs for this machine now (available memory); ``--jobs`` wins."""
     if requested is not None:
         return max(1, requested)
     cores = len(os.sched_getaffinity(0))
-    return max(1, min(cores, int(available_memory_gb() // memory_per_job_gb)))
+    return job_count_for(cores, available_memory_gb(), memory_per_job_gb)
 
 
 def _key(data: dict[str, Any]) -> str:
@@ -157,7 +204,8 @@ def _environment(
     target: Target,
     plan_values: dict[str, str],
     recipe: Recipe,
-    epoch: int,
+    version: str,
+    entry: LockEntry,
     workspace: Workspace,
     *,
     has_ccache: bool,
@@ -183,7 +231,7 @@ def _environment(
         "LANG": "C.UTF-8",
         "LC_ALL": "C.UTF-8",
         "TZ": "UTC",
-        "SOURCE_DATE_EPOCH": str(epoch),
+        "SOURCE_DATE_EPOCH": str(entry.source_date_epoch),
         "PYTHONHASHSEED": "0",
         "PYTHONDONTWRITEBYTECODE": "1",
         "PIP_NO_INDEX": "1",
@@ -208,7 +256,11 @@ def _environment(
                 "CMAKE_CUDA_COMPILER_LAUNCHER": "ccache",
             }
         )
-    for name, value in recipe.spec.build.env.items():
+    for asset in entry.assets:  # each asset's variable names its staged path
+        if asset.env and asset.platform in (None, target.platform):
+            env[asset.env] = f"{plan_values['assets_dir']}/{asset.dest}"
+    extra = {**recipe.spec.build.env, **recipe.spec.versions[version].env}
+    for name, value in extra.items():
         env[name] = value.format_map(plan_values)
     return env
 
@@ -257,6 +309,7 @@ def plan(
     identity = runner.identity(target)
     python_version = identity["python"]
     local = recipe.spec.build.local_version
+    needs = {need: (need_keys or {}).get(need, "") for need in sorted(recipe.spec.needs)}
     key = _key(
         {
             "sparkforge": __version__,
@@ -267,7 +320,7 @@ def plan(
             "runner": identity,
             "archs": [a.cmake for a in archs],
             # What it builds against: a rebuilt dependency makes this build stale too.
-            "needs": {need: (need_keys or {}).get(need, "") for need in sorted(recipe.spec.needs)},
+            "needs": needs,
         }
     )
     build_dir = workspace.builds / key[:16]
@@ -275,7 +328,8 @@ def plan(
         python_version,
         entry.build_requires,
         workspace.envs,
-        flavour=json.dumps(identity, sort_keys=True),
+        # A venv holding this wheelhouse's torch is only reused with that very torch.
+        flavour=json.dumps({**identity, "needs": needs} if needs else identity, sort_keys=True),
     )
     values = {
         "python": str(env_dir / "bin" / "python"),
@@ -284,11 +338,12 @@ def plan(
         "cuda_version": target.cuda_version,
         "cuda_nodot": target.cuda_nodot,
         "cuda_archs": cmake_architectures(archs, ptx=recipe.spec.build.ptx),
+        "cuda_arch_numbers": ";".join(a.cmake for a in archs),
         "torch_cuda_arch_list": torch_arch_list(archs, ptx=recipe.spec.build.ptx),
         "source_dir": str(build_dir / "src"),
         "build_dir": str(build_dir),
         "dist_dir": str(build_dir / "dist"),
-        "assets_dir": str(workspace.root / "assets"),
+        "assets_dir": str(build_dir / "assets"),
         "version": version,
         "target": target.name,
         "platform": target.platform,
@@ -316,7 +371,8 @@ def plan(
             target,
             values,
             recipe,
-            entry.source_date_epoch,
+            version,
+            entry,
             workspace,
             has_ccache=runner.has_ccache(),
         ),
@@ -330,6 +386,8 @@ def plan(
         workspace=workspace,
         wheelhouse=wheelhouse,
         log_path=workspace.logs / log_name,
+        assets_dir=build_dir / "assets",
+        need_keys=needs,
         options=options,
         blocked_by=blocked_by,
     )
@@ -392,6 +450,25 @@ def _check_tags(wheel: Path, target: Target) -> None:
         )
 
 
+def _needed_wheels(plan: BuildPlan) -> list[Path]:
+    """Copies (under the build directory) of this wheelhouse's builds of the recipe's needs."""
+    house = Wheelhouse(plan.wheelhouse)
+    copies = []
+    for need, key in plan.need_keys.items():
+        found = house.built(key) if key else None
+        if found is None:
+            raise BuildError(
+                f"{plan.recipe.name} needs {need}, which is not in {plan.wheelhouse} for this "
+                f"target; build it first (`nox -s build-{need}`) or use `sparkforge build` "
+                "(it builds what is needed first)"
+            )
+        copy = plan.build_dir / "needs" / found.name
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(found, copy)
+        copies.append(copy)
+    return copies
+
+
 def execute(plan: BuildPlan, console: Console) -> StoredWheel:
     """Run the build; the wheelhouse changes only in the final publish step."""
     log = BuildLog(plan.log_path, console, plan.workspace.expected_seconds(plan.history_key))
@@ -412,6 +489,10 @@ def _phases(plan: BuildPlan, log: BuildLog, started: float) -> StoredWheel:
         (plan.build_dir / sub).mkdir(parents=True)
     with log.phase("sources"):
         materialize(plan.project, plan.recipe, plan.lock.source, plan.workspace, plan.source_dir)
+        for asset in stage_assets(
+            plan.assets, plan.workspace, plan.assets_dir, plan.target.platform
+        ):
+            log.note(f"staged {asset.name}: {asset.pin()}")
     with log.phase("patches"):
         apply_series(plan.series, plan.source_dir, label=f"{plan.recipe.name} {plan.version}")
         for patch in plan.series.patches:
@@ -421,9 +502,8 @@ def _phases(plan: BuildPlan, log: BuildLog, started: float) -> StoredWheel:
         for key, value in toolchain.items():
             log.note(f"{key}: {value}")
     with log.phase("environment"):
-        plan.runner.make_env(
-            plan.target, plan.lock.build_requires, plan.env_dir, plan.workspace, log.line
-        )
+        plan.runner.make_env(plan.target, plan.lock.build_requires, plan.env_dir, plan.workspace,
+                             log.line, local_wheels=_needed_wheels(plan))  # fmt: skip
     with log.phase("build"):
         limit = plan.options.time_limit
         deadline = None if limit is None else time.monotonic() + limit

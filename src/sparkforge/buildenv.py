@@ -70,7 +70,11 @@ def stage_wheels(
 
 
 def build_env(
-    python: str, python_version: str, requirements: Sequence[LockedRequirement], final: Path
+    python: str,
+    python_version: str,
+    requirements: Sequence[LockedRequirement],
+    final: Path,
+    local_wheels: Sequence[Path] = (),
 ) -> Path:
     """The venv at ``final`` (see :func:`env_path`) with exactly ``requirements``; made on first use."""
     text = requirements_text(requirements)
@@ -103,6 +107,9 @@ def build_env(
             [*install, "--require-hashes", "--no-deps", "--only-binary=:all:", "-r", str(req_file)],
             "install the locked build requirements",
         )
+    if local_wheels:  # the wheelhouse's own builds (e.g. torch for vllm): exactly these files
+        _run([*install, "--no-deps", "--no-index", *map(str, local_wheels)],
+             "install the needed recipes' wheels from the wheelhouse")  # fmt: skip
     req_file.unlink()
     (final / ".complete").write_text(text)
     return final

@@ -24,13 +24,14 @@ from .containers import base_digest, find_engine, load_engine_settings
 from .errors import ConfigError, SparkforgeError
 from .graph import recipe_levels
 from .index import Wheelhouse
-from .lock import read_lock, write_lock
-from .patches import load_series
+from .lock import entry_for, read_lock, write_lock
+from .patches import apply_series, load_series
 from .recipes import available_recipes, load_recipe
 from .repro import compare_wheels, diffoscope_report
 from .resolve import lock_entry
 from .runners import ContainerRunner, HostRunner, Runner
-from .smoke import SKIPPED, run_smoke, run_smoke_in_container
+from .smoke import SKIPPED, declared_dependencies, run_smoke, run_smoke_in_container
+from .sources import materialize
 from .targets import DEFAULT_TARGET, available_targets, load_target
 from .workspace import Workspace
 
@@ -340,6 +341,12 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     project = args.project.resolve()
     recipe = load_recipe(project, args.recipe)
     target = load_target(project, args.target)
+    # What the recipe was built against comes from the wheelhouse too (vllm: torch, triton).
+    also = [load_recipe(project, need).spec.dist for need in recipe.spec.needs]
+    requires = list(recipe.spec.smoke.requires)
+    if recipe.spec.smoke.dependencies:
+        house = Wheelhouse(_wheelhouse(args))
+        requires += declared_dependencies(house, [recipe.spec.dist, *also])
     if args.runner == "container":
         workspace = Workspace.locate(args.workspace)
         runner = _runner(args, project, workspace)
@@ -347,8 +354,8 @@ def cmd_smoke(args: argparse.Namespace) -> int:
         runner.check(target)
         result = run_smoke_in_container(
             runner=runner, target=target, script=recipe.smoke_script, dist=recipe.spec.dist,
-            version=args.version, wheelhouse=_wheelhouse(args), requires=recipe.spec.smoke.requires,
-            require_gpu=args.require_gpu, scratch=workspace.root / "smoke",
+            version=args.version, wheelhouse=_wheelhouse(args), requires=requires,
+            require_gpu=args.require_gpu, scratch=workspace.root / "smoke", also=also,
         )  # fmt: skip
     else:
         result = run_smoke(
@@ -357,9 +364,10 @@ def cmd_smoke(args: argparse.Namespace) -> int:
             version=args.version,
             wheelhouse=_wheelhouse(args),
             python=args.python or HostRunner().python(target.python),
-            requires=recipe.spec.smoke.requires,
+            requires=requires,
             require_gpu=args.require_gpu,
             target_sm=target.cuda_archs[0].sm,
+            also=also,
         )
     sys.stdout.write(result.output)
     if result.status == "passed":
@@ -386,7 +394,8 @@ def cmd_lock(args: argparse.Namespace) -> int:
     workspace = Workspace.locate(args.workspace)
     lock_path = project / "lock.toml"
     lock = read_lock(lock_path)
-    names = args.recipes or available_recipes(project)
+    # `lock --upgrade triton` alone re-resolves triton only; plain `lock` does every recipe.
+    names = args.recipes or ([] if args.upgrade else available_recipes(project))
     if args.builder:
         settings = load_engine_settings(project, args.engines)
         engine = find_engine(args.engine, settings)
@@ -457,7 +466,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     project = args.project.resolve()
     target = load_target(project, args.target)
-    names = args.recipes or available_recipes(project)
+    # `lock --upgrade triton` alone re-resolves triton only; plain `lock` does every recipe.
+    names = args.recipes or ([] if args.upgrade else available_recipes(project))
     return doctor_command(
         target,
         [load_recipe(project, name) for name in names],
@@ -499,6 +509,34 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_patches(args: argparse.Namespace) -> int:
+    """Apply every patch series to its locked source in a scratch tree."""
+    project = args.project.resolve()
+    workspace = Workspace.locate(args.workspace)
+    lock_path = project / "lock.toml"
+    lock = read_lock(lock_path)
+    checked = 0
+    for name in args.recipes or available_recipes(project):
+        recipe = load_recipe(project, name)
+        for version in recipe.spec.versions:
+            series = load_series(project, name, version)
+            if not series.patches:
+                continue
+            entry = entry_for(lock, lock_path, recipe, version, series)
+            with tempfile.TemporaryDirectory(prefix="sparkforge-patches-") as tmp:
+                with console.status(f"fetching {name} {version}"):
+                    materialize(project, recipe, entry.source, workspace, Path(tmp) / "src")
+                apply_series(series, Path(tmp) / "src", label=f"{name} {version}")
+            pin = entry.source.commit or entry.source.sha256 or entry.source.tree_sha256
+            console.print(
+                f"ok {name} {version}: {len(series.patches)} patch(es) apply to "
+                f"{entry.source.kind} {pin}"
+            )
+            checked += 1
+    console.print(f"{checked} patch series checked")
+    return 0
+
+
 def cmd_graph(args: argparse.Namespace) -> int:
     from .graph import recipe_levels
 
@@ -519,6 +557,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sparkforge", description=__doc__)
     parser.add_argument("--version", action="version", version=f"sparkforge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    check = sub.add_parser(
+        "check-patches", help="apply every patch series to its locked source (fetches sources)"
+    )
+    check.add_argument("recipes", nargs="*", help="recipes to check (default: all)")
+    _common(check)
+    check.set_defaults(func=cmd_check_patches)
 
     build = sub.add_parser("build", help="build a recipe into the wheelhouse")
     _build_arguments(build)

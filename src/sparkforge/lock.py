@@ -59,6 +59,47 @@ class LockedSource(StrictModel):
         return self
 
 
+class LockedAsset(StrictModel):
+    """A staged input: an archive pinned by digest or a repository pinned by commit."""
+
+    name: str
+    kind: Literal["url", "git"]
+    dest: str  # relative path under the build's assets directory
+    url: str | None = None
+    sha256: str | None = Field(default=None, pattern=SHA256_HEX)
+    # Where only the upstream manifest's digest is known (onnxruntime's cmake/deps.txt).
+    sha1: str | None = Field(default=None, pattern=r"^[0-9a-f]{40}$")
+    unpack: bool = False
+    git: str | None = None
+    ref: str | None = None
+    commit: str | None = None
+    submodules: bool = False
+    env: str | None = None
+    platform: str | None = None
+    origin: str | None = None  # the manifest it was expanded from, if any
+
+    @model_validator(mode="after")
+    def _pinned(self) -> LockedAsset:
+        if self.kind == "url" and (self.url is None or (self.sha256 is None and self.sha1 is None)):
+            raise ValueError(
+                f"asset '{self.name}': a url asset needs 'url' and 'sha256' (or 'sha1')"
+            )
+        if self.kind == "git" and (self.git is None or not SHA1_HEX.match(self.commit or "")):
+            raise ValueError(f"asset '{self.name}': a git asset needs 'git' and a 40-hex 'commit'")
+        if self.dest.startswith("/") or ".." in self.dest.split("/"):
+            raise ValueError(
+                f"asset '{self.name}': dest '{self.dest}' must stay inside the assets directory"
+            )
+        return self
+
+    def pin(self) -> str:
+        """The content pin, as shown in plans."""
+        if self.kind == "git":
+            return f"{self.git}@{self.commit}"
+        digest = f"sha256:{self.sha256}" if self.sha256 else f"sha1:{self.sha1} (upstream manifest)"
+        return f"{self.url} {digest}"
+
+
 class LockedPatch(StrictModel):
     name: str
     sha256: str = Field(pattern=SHA256_HEX)
@@ -80,6 +121,7 @@ class LockEntry(StrictModel):
     source: LockedSource
     patches: list[LockedPatch] = Field(default_factory=list)
     build_requires: list[LockedRequirement] = Field(default_factory=list)
+    assets: list[LockedAsset] = Field(default_factory=list)
 
     def fingerprint(self) -> str:
         """sha256 of the entry itself (part of the build key)."""
@@ -97,10 +139,19 @@ class LockFile(StrictModel):
 def inputs_fingerprint(recipe: Recipe, version: str, series: PatchSeries) -> str:
     """What a lock entry was resolved from; a change makes the entry stale."""
     spec = recipe.spec
-    blob = {
-        "source": spec.source.model_dump(mode="json"),
+    # Keys added after format 1 are left out while unset, so older entries stay current;
+    # a version's extra environment changes the build key, not the lock.
+    source = spec.source.model_dump(mode="json")
+    if source["pypi"] is None:
+        del source["pypi"]
+    version_spec = spec.versions[version].model_dump(mode="json", exclude={"env"})
+    for key in ("assets", "manifests"):
+        if not version_spec[key]:
+            del version_spec[key]
+    blob: dict[str, object] = {
+        "source": source,
         "version": version,
-        "version_spec": spec.versions[version].model_dump(mode="json"),
+        "version_spec": version_spec,
         "build_requires": spec.build.requires,
         "patches": [(p.name, p.sha256) for p in series.patches],
     }

@@ -14,7 +14,7 @@ import shlex
 import string
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from packaging.requirements import InvalidRequirement, Requirement
 from pydantic import Field, field_validator, model_validator
@@ -30,7 +30,8 @@ TEMPLATE_VARIABLES: dict[str, str] = {
     "cuda_home": "CUDA toolkit root",
     "cuda_version": "CUDA version, e.g. 13.0",
     "cuda_nodot": "CUDA version without the dot, e.g. 130",
-    "cuda_archs": "CMAKE_CUDA_ARCHITECTURES value, e.g. 90-real;121-real",
+    "cuda_archs": "CMAKE_CUDA_ARCHITECTURES value, SASS only, e.g. 90-real;121-real",
+    "cuda_arch_numbers": "CMAKE_CUDA_ARCHITECTURES value, SASS + PTX, e.g. 90;121",
     "torch_cuda_arch_list": "TORCH_CUDA_ARCH_LIST value, e.g. 9.0;12.1",
     "source_dir": "the patched source tree",
     "build_dir": "scratch directory for this build",
@@ -69,17 +70,29 @@ def _check_template(text: str) -> str:
     return text
 
 
+def _check_env(value: dict[str, str]) -> dict[str, str]:
+    for key, text in value.items():
+        if not re.fullmatch(ENV_NAME, key):
+            raise ValueError(f"'{key}' is not a valid environment variable name")
+        try:
+            _check_template(text)
+        except ValueError as exc:
+            raise ValueError(f"{key}: {exc}") from None
+    return value
+
+
 class SourceSpec(StrictModel):
     path: str | None = None
     git: str | None = None
     url: str | None = None
+    pypi: str | None = None  # a project on PyPI: the version's sdist, pinned by sha256
     submodules: bool = False
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SourceSpec:
-        kinds = [k for k in ("path", "git", "url") if getattr(self, k) is not None]
+        kinds = [k for k in ("path", "git", "url", "pypi") if getattr(self, k) is not None]
         if len(kinds) != 1:
-            raise ValueError("give exactly one of 'path', 'git' or 'url'")
+            raise ValueError("give exactly one of 'path', 'git', 'url' or 'pypi'")
         if self.submodules and self.git is None:
             raise ValueError("'submodules' only applies to a git source")
         if self.url is not None and "{version}" not in self.url:
@@ -87,9 +100,60 @@ class SourceSpec(StrictModel):
         return self
 
 
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+PLATFORMS = Literal["linux_aarch64", "linux_x86_64"]
+
+
+class AssetSpec(StrictModel):
+    """An input the build would otherwise download: staged and verified before it starts."""
+
+    url: str | None = None  # an archive or file, pinned by sha256 at lock time
+    git: str | None = None  # a repository, pinned by commit at lock time
+    ref: str | None = None  # tag, branch or commit of a git asset
+    submodules: bool = False
+    unpack: bool = False  # extract the archive (else it is staged as the file itself)
+    env: str | None = Field(default=None, pattern=ENV_NAME)  # receives the staged path
+    platform: PLATFORMS | None = None  # staged only for targets of this platform
+
+    @model_validator(mode="after")
+    def _kind(self) -> AssetSpec:
+        if (self.url is None) == (self.git is None):
+            raise ValueError("give exactly one of 'url' or 'git'")
+        if self.git is not None and not self.ref:
+            raise ValueError("a git asset needs a 'ref' (tag, branch or commit)")
+        if self.url is not None and (self.ref or self.submodules):
+            raise ValueError("'ref' and 'submodules' only apply to a git asset")
+        if self.git is not None and self.unpack:
+            raise ValueError("'unpack' only applies to a url asset")
+        return self
+
+
+class ManifestSpec(StrictModel):
+    """Assets listed by a file of the pinned source, expanded at lock time (see manifests.py)."""
+
+    kind: Literal["onnxruntime-deps", "triton-llvm"]
+    env: str | None = Field(default=None, pattern=ENV_NAME)  # receives the staging directory
+
+
 class VersionSpec(StrictModel):
     ref: str | None = None
     default: bool = False
+    assets: dict[str, AssetSpec] = Field(default_factory=dict)
+    manifests: list[ManifestSpec] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)  # added to [build.env] for this version
+
+    @field_validator("assets")
+    @classmethod
+    def _asset_names(cls, value: dict[str, AssetSpec]) -> dict[str, AssetSpec]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+                raise ValueError(f"asset name '{name}' must be letters, digits, '.', '_' or '-'")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        return _check_env(value)
 
 
 class BuildSpec(StrictModel):
@@ -130,14 +194,7 @@ class BuildSpec(StrictModel):
     @field_validator("env")
     @classmethod
     def _env(cls, value: dict[str, str]) -> dict[str, str]:
-        for key, text in value.items():
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-                raise ValueError(f"'{key}' is not a valid environment variable name")
-            try:
-                _check_template(text)
-            except ValueError as exc:
-                raise ValueError(f"{key}: {exc}") from None
-        return value
+        return _check_env(value)
 
     @field_validator("cuda_archs")
     @classmethod
@@ -154,6 +211,9 @@ class RepairSpec(StrictModel):
 class SmokeSpec(StrictModel):
     requires: list[str] = Field(default_factory=list)
     gpu: bool = True
+    # Also install what the wheels declare (Requires-Dist: nvidia-* for torch…) that
+    # this wheelhouse does not provide, from the default index.
+    dependencies: bool = False
 
 
 class RecipeFile(StrictModel):
@@ -162,6 +222,7 @@ class RecipeFile(StrictModel):
     name: str = Field(pattern=RECIPE_NAME.pattern)
     dist: str
     summary: str
+    # Peak memory of one compile job (sizes MAX_JOBS); say where the figure comes from.
     # At least 10 MB: a smaller divisor makes "available memory ÷ memory per job" infinite.
     memory_per_job_gb: float = Field(ge=0.01, allow_inf_nan=False)
     disk_gb: float = Field(default=2.0, gt=0)  # free space a build needs (sources + build tree)

@@ -12,14 +12,24 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from .digest import sha256_file
-from .errors import LockError
-from .lock import LockedPatch, LockedRequirement, LockedSource, LockEntry, inputs_fingerprint
+from .errors import LockError, SourceError
+from .lock import (
+    LockedAsset,
+    LockedPatch,
+    LockedRequirement,
+    LockedSource,
+    LockEntry,
+    inputs_fingerprint,
+)
+from .manifests import EXPANDERS
 from .patches import PatchSeries
 from .recipes import Recipe
+from .sources import read_locked_file, resolve_git_asset, url_asset_sha256
 from .sources import resolve as resolve_source
 from .targets import Target
 from .workspace import Workspace
@@ -109,14 +119,78 @@ def lock_entry(
     resolved = resolve_source(
         project, recipe, version, workspace, upgrade=upgrade, previous=previous_source
     )
-    if previous is not None and previous.inputs_sha256 == fingerprint and not upgrade:
-        requirements = previous.build_requires
+    current = previous is not None and previous.inputs_sha256 == fingerprint and not upgrade
+    if current and previous is not None and previous.source == resolved.source:
+        requirements, assets = previous.build_requires, previous.assets
     else:
         requirements = resolve_requirements(recipe.spec.build.requires, targets)
+        assets = resolve_assets(project, recipe, version, resolved.source, workspace,
+                                previous=previous.assets if previous and not upgrade else [])  # fmt: skip
     return LockEntry(
         inputs_sha256=fingerprint,
         source_date_epoch=resolved.source_date_epoch,
         source=resolved.source,
         patches=[LockedPatch(name=p.name, sha256=p.sha256) for p in series.patches],
         build_requires=requirements,
+        assets=assets,
     )
+
+
+def resolve_assets(
+    project: Path,
+    recipe: Recipe,
+    version: str,
+    source: LockedSource,
+    workspace: Workspace,
+    *,
+    previous: Sequence[LockedAsset],
+) -> list[LockedAsset]:
+    """Pin the version's assets: its own (commit or sha256) and its manifests' (as listed)."""
+    spec = recipe.spec.versions[version]
+    kept = {a.name: a for a in previous if a.origin is None}
+    assets: list[LockedAsset] = []
+    for name, asset in spec.assets.items():
+        old = kept.get(name)
+        common: dict[str, Any] = {"name": name, "dest": name, "env": asset.env,
+                                  "platform": asset.platform}  # fmt: skip
+        if asset.git is not None:
+            same = old is not None and old.git == asset.git and old.ref == asset.ref
+            commit = (
+                old.commit
+                if same and old
+                else resolve_git_asset(workspace, asset.git, str(asset.ref))
+            )
+            assets.append(LockedAsset(kind="git", git=asset.git, ref=asset.ref, commit=commit,
+                                      submodules=asset.submodules, **common))  # fmt: skip
+        else:
+            url = str(asset.url)
+            same = old is not None and old.url == url and old.sha256 is not None
+            sha256 = old.sha256 if same and old else url_asset_sha256(workspace, url, None)
+            assets.append(LockedAsset(kind="url", url=url, sha256=sha256, unpack=asset.unpack,
+                                      **common))  # fmt: skip
+    for manifest in spec.manifests:
+        expand = EXPANDERS[manifest.kind]
+        try:
+            listed = expand(lambda rel: read_locked_file(project, recipe, source, workspace, rel))
+        except FileNotFoundError as missing:
+            raise SourceError(
+                f"{recipe.path}: manifest '{manifest.kind}' of version '{version}' needs {missing} "
+                "in the pinned source, which has no such file; check the manifest kind"
+            ) from None
+        for item in listed:
+            sha256 = item.sha256
+            if sha256 is None and item.sha1 is None:  # upstream pins nothing: pin what we fetch
+                old = next((a for a in previous if a.origin and a.url == item.url), None)
+                sha256 = old.sha256 if old else url_asset_sha256(workspace, item.url, None)
+            assets.append(LockedAsset(kind="url", name=item.name, dest=item.dest, url=item.url,
+                                      sha256=sha256, sha1=item.sha1, unpack=item.unpack,
+                                      platform=item.platform, env=manifest.env,
+                                      origin=manifest.kind))  # fmt: skip
+    names = [a.name for a in assets]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise LockError(
+            f"{recipe.path}: version '{version}' lists asset '{duplicates[0]}' twice "
+            "(own assets and manifests share one namespace)"
+        )
+    return assets

@@ -69,8 +69,10 @@ class Runner(Protocol):
         final: Path,
         workspace: Workspace,
         sink: LineSink,
+        local_wheels: Sequence[Path] = (),
     ) -> None:
-        """Create the build venv at ``final`` with exactly the locked requirements."""
+        """Create the build venv at ``final`` with exactly the locked requirements, plus
+        ``local_wheels`` (this wheelhouse's builds of what the recipe needs), without deps."""
 
     def auditwheel(self, sink: LineSink) -> tuple[Sequence[str] | None, Executor | None]:
         """The auditwheel command and where to run it (None, None: here)."""
@@ -150,9 +152,10 @@ class HostRunner:
         final: Path,
         workspace: Workspace,
         sink: LineSink,
+        local_wheels: Sequence[Path] = (),
     ) -> None:
         python = self.python(target.python)
-        build_env(python, self._version_of(python), requirements, final)
+        build_env(python, self._version_of(python), requirements, final, local_wheels)
 
     def auditwheel(self, sink: LineSink) -> tuple[Sequence[str] | None, Executor | None]:
         return None, None
@@ -346,6 +349,7 @@ class ContainerRunner:
         final: Path,
         workspace: Workspace,
         sink: LineSink,
+        local_wheels: Sequence[Path] = (),
     ) -> None:
         """Stage the locked wheels on the host, then install them offline in the image."""
         text = requirements_text(requirements)
@@ -363,6 +367,10 @@ class ContainerRunner:
             steps.append([str(final / "bin" / "python"), "-m", "pip", "install", "--quiet",
                           "--disable-pip-version-check", "--no-index", "--find-links", str(wheels),
                           "--require-hashes", "--no-deps", "-r", str(req_file)])  # fmt: skip
+        if local_wheels:  # under the workspace, which the container sees at the same path
+            steps.append([str(final / "bin" / "python"), "-m", "pip", "install", "--quiet",
+                          "--disable-pip-version-check", "--no-index", "--no-deps",
+                          *map(str, local_wheels)])  # fmt: skip
         for argv in steps:
             if self.run(argv, env={"HOME": "/tmp"}, cwd=final.parent, sink=sink) != 0:
                 raise BuildError(

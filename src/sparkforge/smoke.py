@@ -9,13 +9,18 @@ the target's arch from ``SPARKFORGE_TARGET_SM`` (e.g. ``121``).
 
 from __future__ import annotations
 
+import email.parser
 import os
 import shlex
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from .containers import check_gpu_runtime
 from .errors import SmokeError
@@ -34,19 +39,40 @@ class SmokeResult:
     installer: str
 
 
+def declared_dependencies(house: Wheelhouse, dists: Sequence[str]) -> list[str]:
+    """Requires-Dist of the newest wheel of each of ``dists`` (from the .metadata
+    sidecars), minus extras-only lines and what the wheelhouse itself provides."""
+    provided = {w.project for w in house.wheels()}
+    found: list[str] = []
+    for dist in dists:
+        stored = house.wheels(dist)
+        if not stored:
+            continue
+        message = email.parser.BytesParser().parsebytes(stored[-1].metadata.read_bytes())
+        for line in message.get_all("Requires-Dist") or []:
+            requirement = Requirement(line)
+            if requirement.marker is not None and "extra" in str(requirement.marker):
+                continue
+            if canonicalize_name(requirement.name) not in provided and line not in found:
+                found.append(line)
+    return found
+
+
 def _installer_argv(
-    venv_python: Path, index_url: str, requirement: str, extra: list[str]
-) -> tuple[str, list[list[str]]]:
-    """Install commands: the wheel from the wheelhouse alone, then the smoke requirements."""
+    venv_python: Path, index_url: str, requirement: str, extra: list[str],
+    also: Sequence[str] = (),
+) -> tuple[str, list[list[str]]]:  # fmt: skip
+    """Install commands: the wheel (and the wheelhouse builds it needs) from the
+    wheelhouse alone, then the smoke requirements."""
     uv = shutil.which("uv")
     if uv:
         base = [uv, "pip", "install", "--python", str(venv_python), "--no-config", "--quiet"]
-        steps = [[*base, "--index-url", index_url, "--no-deps", requirement]]
+        steps = [[*base, "--index-url", index_url, "--no-deps", requirement, *also]]
         if extra:
             steps.append([*base, *extra])
         return "uv", steps
     base = [str(venv_python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    steps = [[*base, "--isolated", "--index-url", index_url, "--no-deps", requirement]]
+    steps = [[*base, "--isolated", "--index-url", index_url, "--no-deps", requirement, *also]]
     if extra:
         steps.append([*base, *extra])
     return "pip", steps
@@ -64,7 +90,8 @@ _INSTALL_FAILED = 90
 
 def run_smoke_in_container(*, runner: ContainerRunner, target: Target, script: Path, dist: str,
                            version: str | None, wheelhouse: Path, requires: list[str],
-                           require_gpu: bool, scratch: Path) -> SmokeResult:  # fmt: skip
+                           require_gpu: bool, scratch: Path,
+                           also: Sequence[str] = ()) -> SmokeResult:  # fmt: skip
     """The same smoke test inside the builder image, with the GPUs passed in.
 
     The wheelhouse is mounted at its own path and used as the only index for the
@@ -89,7 +116,8 @@ def run_smoke_in_container(*, runner: ContainerRunner, target: Target, script: P
         )
         program = (
             f"python3 -m venv {venv} || exit {_INSTALL_FAILED}; "
-            f"{venv}/bin/pip install -q --isolated --index-url {index} --no-deps {shlex.quote(requirement)} "
+            f"{venv}/bin/pip install -q --isolated --index-url {index} --no-deps "
+            f"{shlex.join([requirement, *also])} "
             f"|| exit {_INSTALL_FAILED}; {extra}exec {venv}/bin/python {tmp}/smoke.py"
         )
         lines: list[str] = []
@@ -114,6 +142,7 @@ def run_smoke(
     requires: list[str],
     require_gpu: bool,
     target_sm: int,
+    also: Sequence[str] = (),
 ) -> SmokeResult:
     """Create a venv, install ``dist`` from the wheelhouse index, run ``script``."""
     if not script.is_file():
@@ -130,7 +159,9 @@ def run_smoke(
         if made.returncode != 0:
             raise SmokeError(f"cannot create a venv with {python}: {made.stderr.strip()[-200:]}")
         venv_python = venv / "bin" / "python"
-        installer, steps = _installer_argv(venv_python, house.index_url(), requirement, requires)
+        installer, steps = _installer_argv(
+            venv_python, house.index_url(), requirement, requires, also
+        )
         for argv in steps:
             done = subprocess.run(argv, capture_output=True, text=True)
             if done.returncode != 0:

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import os
+import re
 import shutil
 import subprocess
 import tarfile
 import tempfile
 import urllib.request
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -32,7 +34,7 @@ import git
 from . import faults
 from .digest import sha256_file
 from .errors import SourceError
-from .lock import SHA1_HEX, LockedSource
+from .lock import SHA1_HEX, LockedAsset, LockedSource
 from .recipes import Recipe
 from .workspace import Workspace
 
@@ -120,7 +122,8 @@ def _mirror(workspace: Workspace, url: str) -> git.Repo:
 
 def _git_reason(exc: git.GitCommandError) -> str:
     lines = [line.strip() for line in str(exc.stderr).splitlines() if line.strip()]
-    return (lines[-1] if lines else str(exc)).removeprefix("stderr: ").strip("'")
+    reason = (lines[-1] if lines else "").removeprefix("stderr: ").strip("'").strip()
+    return reason or f"git exited with {exc.status}"
 
 
 def _has_commit(repo: git.Repo, commit: str) -> bool:
@@ -244,6 +247,25 @@ def _extract(path: Path, dest: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _checkout(workspace: Workspace, url: str, commit: str, dest: Path, submodules: bool) -> None:
+    """A work tree of ``url`` at exactly ``commit`` (submodules at the recorded commits)."""
+    repo = _mirror(workspace, url)
+    _ensure_commit(repo, url, commit)
+    try:
+        checkout = git.Repo.clone_from(repo.git_dir, dest, no_checkout=True)
+        checkout.git.checkout("--detach", commit)
+        if submodules:
+            # Submodules are fetched from their own upstreams here, before the build starts.
+            checkout.git.submodule("update", "--init", "--recursive", "--jobs", "4")
+            check_submodules(checkout, url)
+    except git.GitCommandError as exc:
+        raise SourceError(f"cannot check out {url} at {commit}: {_git_reason(exc)}") from None
+    if checkout.head.commit.hexsha != commit:
+        raise SourceError(
+            f"{dest}: checkout is at {checkout.head.commit.hexsha}, lock says {commit}"
+        )
+
+
 # ------------------------------------------------------------------ public API
 
 
@@ -276,15 +298,148 @@ def resolve(
         _ensure_commit(repo, spec.git, commit)
         epoch = int(repo.commit(commit).committed_date)
         return Resolved(LockedSource(kind="git", git=spec.git, ref=ref, commit=commit), epoch)
-    url = (spec.url or "").format(version=version)
+    if spec.pypi is not None and previous is not None and previous.kind == "url" and not upgrade:
+        url = str(previous.url)  # the sdist of a released version never changes: keep its pin
+    elif spec.pypi is not None:
+        url, published = pypi_sdist(spec.pypi, version)
+        path = _archive_path(workspace, url)
+        _download(url, path)
+        if sha256_file(path) != published:
+            path.unlink()
+            raise SourceError(f"{url}: sha256 differs from the one PyPI publishes; not locked")
+    else:
+        url = (spec.url or "").format(version=version)
     path = _archive_path(workspace, url)
     if previous is not None and previous.kind == "url" and previous.url == url and previous.sha256:
         path = _verified_archive(workspace, url, previous.sha256)
-    else:
+    elif not path.exists():
         _download(url, path)
     return Resolved(
         LockedSource(kind="url", url=url, sha256=sha256_file(path)), _archive_epoch(path)
     )
+
+
+PYPI_JSON = "https://pypi.org/pypi/{name}/json"
+# PyPI file URLs: /packages/<2 hex>/<2 hex>/<60 hex>/<file>; mirrors may serve them relative.
+_PYPI_FILE = re.compile(r"packages/([0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{60}/[^/]+)$")
+
+
+def pypi_sdist(project: str, version: str) -> tuple[str, str]:
+    """The canonical URL and published sha256 of ``project``'s sdist for ``version``."""
+    url = PYPI_JSON.format(name=project)
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            data = json.load(response)
+    except OSError as exc:
+        raise SourceError(f"cannot read {url}: {exc}; check the name and network") from None
+    files = data.get("releases", {}).get(version)
+    if not files:
+        raise SourceError(f"{url}: {project} has no release {version} on PyPI")
+    sdists = [f for f in files if f.get("packagetype") == "sdist"]
+    if len(sdists) != 1:
+        raise SourceError(
+            f"{project} {version} has {len(sdists)} sdists on PyPI, not one; use a git source"
+        )
+    match = _PYPI_FILE.search(str(sdists[0].get("url", "")))
+    if match is None:
+        raise SourceError(f"{url}: unexpected sdist URL {sdists[0].get('url')!r}")
+    return f"https://files.pythonhosted.org/packages/{match.group(1)}", sdists[0]["digests"][
+        "sha256"
+    ]
+
+
+def read_locked_file(
+    project: Path, recipe: Recipe, locked: LockedSource, workspace: Workspace, relpath: str
+) -> str:
+    """One file of the pinned source tree, read without materializing it (lock time)."""
+    try:
+        if locked.kind == "path":
+            return (_path_root(project, recipe) / relpath).read_text(encoding="utf-8")
+        if locked.kind == "git":
+            repo = _mirror(workspace, str(locked.git))
+            return str(repo.git.show(f"{locked.commit}:{relpath}"))
+        archive = _verified_archive(workspace, str(locked.url), str(locked.sha256))
+        return _archive_member(archive, relpath)
+    except (OSError, KeyError, git.GitCommandError):
+        raise FileNotFoundError(relpath) from None
+
+
+def _archive_member(path: Path, relpath: str) -> str:
+    """``relpath`` below the archive's single top-level directory."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.split("/", 1)[-1] == relpath]
+            return archive.read(names[0]).decode() if names else archive.read(relpath).decode()
+    with tarfile.open(path) as archive:
+        for member in archive.getmembers():
+            if member.isfile() and member.name.split("/", 1)[-1] == relpath:
+                handle = archive.extractfile(member)
+                if handle is not None:
+                    return handle.read().decode()
+    raise KeyError(relpath)
+
+
+# ------------------------------------------------------------------------ assets
+
+
+def resolve_git_asset(workspace: Workspace, url: str, ref: str) -> str:
+    """The commit a git asset's ref names (lock time)."""
+    repo = _mirror(workspace, url)
+    commit = _resolve_ref(repo, url, ref)
+    _ensure_commit(repo, url, commit)
+    return commit
+
+
+def url_asset_sha256(workspace: Workspace, url: str, sha1: str | None) -> str:
+    """Download an asset once (lock time), check the upstream sha1 if given, return its sha256."""
+    path = _archive_path(workspace, url)
+    if not path.exists():
+        _download(url, path)
+    if sha1 is not None:
+        _check_sha1(path, url, sha1)
+    return sha256_file(path)
+
+
+def _check_sha1(path: Path, url: str, expected: str) -> None:
+    digest = hashlib.sha1(usedforsecurity=False)
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != expected:
+        path.unlink()
+        raise SourceError(
+            f"sha1 mismatch for {url}: the pinned manifest says {expected}, got "
+            f"{digest.hexdigest()}; nothing was used"
+        )
+
+
+def stage_assets(
+    assets: Sequence[LockedAsset], workspace: Workspace, root: Path, platform: str
+) -> list[LockedAsset]:
+    """Put every asset for ``platform`` under ``root``, each verified; returns those staged."""
+    staged = []
+    for asset in assets:
+        if asset.platform is not None and asset.platform != platform:
+            continue
+        dest = root / asset.dest
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if asset.kind == "git":
+            _checkout(workspace, str(asset.git), str(asset.commit), dest, asset.submodules)
+        else:
+            url = str(asset.url)
+            path = _archive_path(workspace, url)
+            if asset.sha256 is not None:
+                path = _verified_archive(workspace, url, asset.sha256)
+            else:
+                if not path.exists():
+                    _download(url, path)
+                _check_sha1(path, url, str(asset.sha1))
+            if asset.unpack:
+                _extract(path, dest)
+            else:
+                shutil.copyfile(path, dest)
+        staged.append(asset)
+    return staged
 
 
 def materialize(
@@ -308,20 +463,8 @@ def materialize(
             shutil.copy2(path, target, follow_symlinks=False)
         return
     if locked.kind == "git":
-        url, commit = str(locked.git), str(locked.commit)
-        repo = _mirror(workspace, url)
-        _ensure_commit(repo, url, commit)
-        try:
-            checkout = git.Repo.clone_from(repo.git_dir, dest, no_checkout=True)
-            checkout.git.checkout("--detach", commit)
-            if recipe.spec.source.submodules:
-                checkout.git.submodule("update", "--init", "--recursive", "--jobs", "4")
-                check_submodules(checkout, url)
-        except git.GitCommandError as exc:
-            raise SourceError(f"cannot check out {url} at {commit}: {_git_reason(exc)}") from None
-        if checkout.head.commit.hexsha != commit:
-            raise SourceError(
-                f"{dest}: checkout is at {checkout.head.commit.hexsha}, lock says {commit}"
-            )
+        _checkout(
+            workspace, str(locked.git), str(locked.commit), dest, recipe.spec.source.submodules
+        )
         return
     _extract(_verified_archive(workspace, str(locked.url), str(locked.sha256)), dest)

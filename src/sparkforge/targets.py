@@ -20,6 +20,14 @@ from .tomlfile import StrictModel, is_file, load_model
 DEFAULT_TARGET = "dgx-spark"
 
 
+class MachineSpec(StrictModel):
+    """The reference machine of a target: sizes the job count shown in plans."""
+
+    cores: int = Field(ge=1)
+    memory_gb: float = Field(gt=0, allow_inf_nan=False)  # usable by builds (after the OS)
+    source: str  # where the figures come from
+
+
 class TargetFile(StrictModel):
     """The schema of ``targets/<name>.toml``."""
 
@@ -33,6 +41,7 @@ class TargetFile(StrictModel):
     builder_image: str
     cuda_home: str = "/usr/local/cuda"
     repair_exclude: list[str] = Field(default_factory=list)
+    reference_machine: MachineSpec | None = None
 
     @field_validator("cuda_archs")
     @classmethod
@@ -75,6 +84,7 @@ class Target:
     cuda_home: str
     repair_exclude: tuple[str, ...]
     path: Path
+    reference_machine: MachineSpec | None = None  # not part of the identity: sizes plans only
 
     @property
     def cuda_major(self) -> int:
@@ -131,4 +141,5 @@ def load_target(project: Path, name: str) -> Target:
         cuda_home=data.cuda_home,
         repair_exclude=tuple(data.repair_exclude),
         path=path,
+        reference_machine=data.reference_machine,
     )
