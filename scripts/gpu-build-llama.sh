@@ -22,6 +22,7 @@ export UV_OFFLINE=1 UV_FIND_LINKS="$PWD/.gpu-wheels" PIP_FIND_LINKS="$PWD/.gpu-w
   nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv,noheader
   nvcc --version | tail -1
   echo "cores: $(nproc)"; grep -E 'MemTotal|MemAvailable' /proc/meminfo
+  ldd --version | head -1
   command -v uv && uv --version
 } >"$out/machine.txt" 2>&1
 house="$PWD/wheelhouse-gpu"
@@ -31,8 +32,10 @@ rm -rf "$house"
 start=$(date +%s)
 python3 - "$house" >"$out/build.txt" 2>&1 <<'PY'
 import resource, subprocess, sys
+# This machine runs Ubuntu 24.04 (glibc 2.39), newer than the hopper target's 2_35 policy.
 code = subprocess.call([sys.executable, "-m", "sparkforge.cli", "build", "llama-cpp-python",
-                        "--target", "hopper", "--cuda-arch", "121", "--wheelhouse", sys.argv[1]])
+                        "--target", "hopper", "--cuda-arch", "121",
+                        "--manylinux", "manylinux_2_39_x86_64", "--wheelhouse", sys.argv[1]])
 peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 print(f"[measure] exit {code}; peak RSS of one process: {peak:.0f} MiB")
 sys.exit(code)
@@ -41,7 +44,8 @@ code=$?
 echo "build: exit $code in $(( $(date +%s) - start )) s" | tee "$out/summary.txt"
 tail -30 "$out/build.txt"
 cp "$SPARKFORGE_WORKSPACE"/logs/llama-cpp-python-*.log "$out/" 2>/dev/null
-cp "$house"/files/*.provenance.json "$out/" 2>/dev/null
+# '+' in a file name does not travel back from the GPU machine: a plain name.
+cp "$house"/files/*.provenance.json "$out/provenance.json" 2>/dev/null
 python3 -m sparkforge.cli inspect "$house"/files/llama_cpp_python-*.whl --target hopper >"$out/inspect-hopper.txt" 2>&1
 python3 -m sparkforge.cli inspect "$house"/files/llama_cpp_python-*.whl --target dgx-spark >"$out/inspect-dgx-spark.txt" 2>&1
 ls -la "$house"/files >"$out/wheelhouse.txt" 2>&1

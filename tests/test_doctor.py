@@ -367,6 +367,7 @@ def test_not_enough_disk_is_a_blocker(
     machine.patch_host(monkeypatch, disk_free_gb=Host().disk_free_gb)
     result = cli(
         "doctor",
+        "sm121-probe",
         "--project",
         machine.project,
         "--workspace",

@@ -100,7 +100,9 @@ def test_triton_plan_stages_llvm_for_the_target_platform_only(cli: CliRunner) ->
     assert [a["name"] for a in plan["assets"]] == ["llvm-ubuntu-arm64"]
     assert plan["environment"]["LLVM_SYSPATH"].endswith("/assets/llvm/ubuntu-arm64")
     assert plan["environment"]["TRITON_OFFLINE_BUILD"] == "1"
-    assert any("ptxas-blackwell" in c and "/usr/local/cuda/bin/ptxas" in c for c in plan["commands"])
+    assert any(
+        "ptxas-blackwell" in c and "/usr/local/cuda/bin/ptxas" in c for c in plan["commands"]
+    )
 
 
 def test_vllm_plan_has_the_patch_and_staged_fetchcontent_deps(cli: CliRunner) -> None:
@@ -124,12 +126,16 @@ def test_onnxruntime_cannot_be_planned_without_its_lock_entry(cli: CliRunner) ->
         (n, v) for n, versions in read_lock(PROJECT / "lock.toml").recipes.items() for v in versions
     }
     result = cli("build", "onnxruntime", "--target", "dgx-spark", "--dry-run", "--project", PROJECT)
-    one_error_line(result, r"no lock entry for onnxruntime 1\.24\.4; run `nox -s lock -- onnxruntime`")
+    one_error_line(
+        result, r"no lock entry for onnxruntime 1\.24\.4; run `nox -s lock -- onnxruntime`"
+    )
     spec = load_recipe(PROJECT, "onnxruntime").spec
     command = " ".join(spec.build.command)
     assert "CMAKE_CUDA_ARCHITECTURES={cuda_arch_numbers}" in command
     assert "--cmake_deps_mirror_dir {assets_dir}/onnxruntime-deps" in command
-    assert "--cuda_version {cuda_version}" in command and "onnxruntime_BUILD_UNIT_TESTS=OFF" in command
+    assert (
+        "--cuda_version {cuda_version}" in command and "onnxruntime_BUILD_UNIT_TESTS=OFF" in command
+    )
     assert [m.kind for m in spec.versions["1.24.4"].manifests] == ["onnxruntime-deps"]
 
 

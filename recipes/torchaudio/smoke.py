@@ -12,11 +12,15 @@ Exit codes: 0 all checks passed, 1 a check failed, 77 skipped (no CUDA device).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import sys
 import warnings
 
+if importlib.util.find_spec("torchaudio") is None:  # the package under test, named first
+    print("FAIL: torchaudio is not installed (no module torchaudio)")
+    sys.exit(1)
 try:
     import torch
     from torch import Tensor
@@ -26,11 +30,8 @@ except ImportError as exc:  # the protocol's one FAIL line, not a traceback
 try:
     import torchaudio
     import torchaudio.functional as AF
-except ImportError as exc:
-    if exc.name == "torchaudio":
-        print(f"FAIL: torchaudio is not installed: {exc}")
-    else:  # e.g. "undefined symbol: ..." from its extension, loaded at import
-        print(f"FAIL: cannot import torchaudio: {' '.join(str(exc).split())}")
+except Exception as exc:  # an undefined symbol, a missing dependency, a CUDA mismatch
+    print(f"FAIL: cannot import torchaudio: {type(exc).__name__}: {' '.join(str(exc).split())}")
     sys.exit(1)
 
 EXIT_SKIP = 77

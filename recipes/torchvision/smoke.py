@@ -12,10 +12,14 @@ Exit codes: 0 all checks passed, 1 a check failed, 77 skipped (no CUDA device).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import sys
 
+if importlib.util.find_spec("torchvision") is None:  # the package under test, named first
+    print("FAIL: torchvision is not installed (no module torchvision)")
+    sys.exit(1)
 try:
     import torch
     from torch import Tensor
@@ -25,11 +29,8 @@ except ImportError as exc:  # the protocol's one FAIL line, not a traceback
 try:
     import torchvision
     from torchvision import ops
-except ImportError as exc:
-    if exc.name == "torchvision":
-        print(f"FAIL: torchvision is not installed: {exc}")
-    else:
-        print(f"FAIL: cannot import torchvision: {' '.join(str(exc).split())}")
+except Exception as exc:  # an undefined symbol, a missing dependency, a CUDA mismatch
+    print(f"FAIL: cannot import torchvision: {type(exc).__name__}: {' '.join(str(exc).split())}")
     sys.exit(1)
 
 EXIT_SKIP = 77

@@ -54,6 +54,7 @@ class BuildOptions:
     force: bool = False
     allow_arch_gaps: bool = False
     python: str | None = None  # build for this Python instead of the target's
+    manylinux: str | None = None  # repair to this policy instead of the target's
     time_limit: float | None = None  # seconds for the build commands, all together
 
 
@@ -286,6 +287,13 @@ def plan(
     target = load_target(project, target_name)
     if options.python is not None:
         target = dataclasses.replace(target, python=options.python)
+    if options.manylinux is not None:
+        if not options.manylinux.endswith(f"_{target.machine}"):
+            raise ConfigError(
+                f"--manylinux {options.manylinux} is not for {target.name}'s platform "
+                f"{target.platform}; use a manylinux_2_N_{target.machine} policy"
+            )
+        target = dataclasses.replace(target, manylinux=options.manylinux)
     version = recipe.version(options.version)
     blocked_by = None
     try:

@@ -95,6 +95,14 @@ def _build_arguments(parser: argparse.ArgumentParser) -> None:
     _build_settings(parser)
 
 
+def _manylinux(text: str) -> str:
+    if not re.fullmatch(r"manylinux_2_\d+_(x86_64|aarch64)", text):
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a manylinux policy; write e.g. manylinux_2_39_x86_64"
+        )
+    return text
+
+
 def _build_settings(parser: argparse.ArgumentParser) -> None:
     """What decides any build: shared by build, verify-repro and build-all."""
     parser.add_argument("--target", default=DEFAULT_TARGET)
@@ -106,6 +114,9 @@ def _build_settings(parser: argparse.ArgumentParser) -> None:
                         help="publish even if the audit says it won't run")  # fmt: skip
     parser.add_argument("--python", type=_python_version,
                         help="build for this Python (X.Y) instead of the target's")  # fmt: skip
+    parser.add_argument("--manylinux", type=_manylinux, metavar="POLICY",
+                        help="repair to this manylinux policy instead of the target's "
+                             "(e.g. manylinux_2_39_x86_64 on a glibc 2.39 host)")  # fmt: skip
     parser.add_argument("--time-limit", type=_seconds, metavar="SECONDS",
                         help="stop the build commands after this long (default: no limit)")  # fmt: skip
     _runner_options(parser)
@@ -119,6 +130,7 @@ def _build_options(args: argparse.Namespace) -> BuildOptions:
         force=getattr(args, "force", False),
         allow_arch_gaps=args.allow_arch_gaps,
         python=args.python,
+        manylinux=args.manylinux,
         time_limit=args.time_limit,
     )
 
@@ -466,8 +478,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     project = args.project.resolve()
     target = load_target(project, args.target)
-    # `lock --upgrade triton` alone re-resolves triton only; plain `lock` does every recipe.
-    names = args.recipes or ([] if args.upgrade else available_recipes(project))
+    names = args.recipes or available_recipes(project)
     return doctor_command(
         target,
         [load_recipe(project, name) for name in names],
