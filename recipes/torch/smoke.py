@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import tempfile
 import warnings
 
 try:
@@ -65,6 +66,35 @@ def nccl_version() -> str:
     if not (torch.distributed.is_available() and torch.distributed.is_nccl_available()):
         return "not built in"
     return ".".join(map(str, torch.cuda.nccl.version()))
+
+
+def check_nccl() -> None:
+    version = nccl_version()
+    if version == "not built in":
+        raise AssertionError(
+            "torch.distributed has no NCCL backend (the recipe builds with USE_NCCL=1)"
+        )
+    print(f"PASS NCCL {version} available to torch.distributed")
+
+
+def check_compile(gen: torch.Generator, cache: str) -> None:
+    """torch.compile (Inductor generates and compiles Triton kernels) in fresh caches."""
+
+    def f(x: Tensor, y: Tensor) -> Tensor:
+        return F.gelu(x @ y) + torch.sin(x) * 0.5
+
+    x, y = torch.randn(64, 64, generator=gen), torch.randn(64, 64, generator=gen)
+    compiled = torch.compile(f, fullgraph=True)
+    got = compiled(x.cuda(), y.cuda())
+    torch.cuda.synchronize()
+    check_close("torch.compile gelu(x@y)+sin(x)/2 (fresh cache) vs CPU fp64", got,
+                f(x.double(), y.double()), 1e-3, 1e-2)  # fmt: skip
+    kernels = [n for _, _, names in os.walk(cache) for n in names if n.endswith((".cubin", ".ptx"))]
+    if not kernels:
+        raise AssertionError(
+            f"torch.compile left no compiled Triton kernel in the fresh cache {cache}"
+        )
+    print(f"PASS torch.compile built {len(kernels)} kernel file(s) in the fresh cache")
 
 
 def check_arithmetic(gen: torch.Generator) -> None:
@@ -161,6 +191,11 @@ def main() -> int:
         gen = torch.Generator().manual_seed(SEED)
         check_arithmetic(gen)
         check_sdpa(gen)
+        check_nccl()
+        with tempfile.TemporaryDirectory(prefix="torch-smoke-cache-") as cache:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(cache, "inductor")
+            os.environ["TRITON_CACHE_DIR"] = os.path.join(cache, "triton")
+            check_compile(gen, cache)
         if cc == target:
             check_target(target, arch_list, init_warnings)
     except AssertionError as exc:

@@ -131,7 +131,7 @@ def check_rnnt_loss(gen: torch.Generator) -> None:
     target_lengths = torch.tensor([12, 10, 12, 7], dtype=torch.int32)
     results = []
     for device in ("cpu", "cuda"):
-        x = logits.to(device).requires_grad_()
+        x = logits.detach().to(device).clone().requires_grad_()  # a leaf on each device
         args = (targets.to(device), logit_lengths.to(device), target_lengths.to(device))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # rnnt_loss is deprecated in torchaudio 2.8+

@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 
 try:
     import torch
@@ -149,6 +150,13 @@ def check_compiled(kernel: CompiledKernel, cc: tuple[int, int], on_target: bool)
 
 
 def main() -> int:
+    # A fresh kernel cache: every kernel below is really compiled by this triton.
+    with tempfile.TemporaryDirectory(prefix="triton-smoke-cache-") as cache:
+        os.environ["TRITON_CACHE_DIR"] = cache
+        return run()
+
+
+def run() -> int:
     try:
         target = target_cc()
     except ValueError as exc:
