@@ -19,7 +19,7 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # hadolint ignore=DL3008
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      build-essential ca-certificates ccache git libopenblas-dev ninja-build patchelf \
+      build-essential ca-certificates ccache git libopenblas-dev ninja-build patch patchelf \
       python3 python3-dev python3-venv ${CUDA_APT_PACKAGES} \
  && rm -rf /var/lib/apt/lists/*
 

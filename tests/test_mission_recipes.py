@@ -15,14 +15,13 @@ from typing import Any
 import pytest
 
 from conftest import CliRunner, one_error_line
-from sparkforge.lock import read_lock
 from sparkforge.recipes import available_recipes, load_recipe
 
 PROJECT = Path(__file__).resolve().parents[1]
 MISSION = ["torch", "triton", "onnxruntime", "vllm"]
 BEYOND = ["torchvision", "torchaudio", "flashinfer", "llama-cpp-python"]
 # Entries this repository cannot lock without reaching github.com (docs/recipes.md#lock-status).
-NOT_LOCKED_HERE = {("onnxruntime", "1.24.4"), ("triton", "3.7.1")}
+NOT_LOCKED_HERE = {("triton", "3.7.1")}
 HEX40 = re.compile(r"^[0-9a-f]{40}$")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -119,24 +118,32 @@ def test_vllm_plan_has_the_patch_and_staged_fetchcontent_deps(cli: CliRunner) ->
     assert newer["patches"] == [] and "TRITON_KERNELS_SRC_DIR" in newer["environment"]
 
 
-def test_onnxruntime_cannot_be_planned_without_its_lock_entry(cli: CliRunner) -> None:
-    """Its asset list comes from cmake/deps.txt of the pinned commit, which this
-    machine cannot read (github.com unreachable): the plan refuses, naming the fix."""
-    assert ("onnxruntime", "1.24.4") not in {
-        (n, v) for n, versions in read_lock(PROJECT / "lock.toml").recipes.items() for v in versions
-    }
-    result = cli("build", "onnxruntime", "--target", "dgx-spark", "--dry-run", "--project", PROJECT)
-    one_error_line(
-        result, r"no lock entry for onnxruntime 1\.24\.4; run `nox -s lock -- onnxruntime`"
-    )
-    spec = load_recipe(PROJECT, "onnxruntime").spec
-    command = " ".join(spec.build.command)
-    assert "CMAKE_CUDA_ARCHITECTURES={cuda_arch_numbers}" in command
-    assert "--cmake_deps_mirror_dir {assets_dir}/onnxruntime-deps" in command
+def test_onnxruntime_plan_mirrors_every_dependency(cli: CliRunner) -> None:
+    plan = _plan(cli, "onnxruntime")
+    assert plan["dist"] == "onnxruntime-gpu" and plan["version"] == "1.24.4"
+    command = plan["commands"][0]
+    assert "CMAKE_CUDA_ARCHITECTURES=121 " in command
     assert (
-        "--cuda_version {cuda_version}" in command and "onnxruntime_BUILD_UNIT_TESTS=OFF" in command
+        "--use_cuda --cuda_version 13.0" in command
+        and "onnxruntime_BUILD_UNIT_TESTS=OFF" in command
     )
-    assert [m.kind for m in spec.versions["1.24.4"].manifests] == ["onnxruntime-deps"]
+    mirror = command.split("--cmake_deps_mirror_dir ")[1].split(" ")[0]
+    assets = plan["assets"]
+    assert len(assets) > 30 and all(a["from"] == "onnxruntime-deps" for a in assets)
+    for asset in assets:  # where CMake looks: <mirror>/<host>/<path>, pinned by deps.txt's sha1
+        url = asset["pin"].split(" ")[0]
+        assert asset["staged_at"] == mirror + "/" + url.removeprefix("https://")
+        assert re.search(r" sha1:[0-9a-f]{40} \(upstream manifest\)$", asset["pin"])
+    names = {a["name"] for a in assets}
+    assert {"abseil_cpp", "onnx", "cutlass", "cudnn_frontend", "protobuf"} <= names
+
+
+def test_triton_release_cannot_be_planned_without_its_lock_entry(cli: CliRunner) -> None:
+    """3.7.x names its LLVM without a checksum: the lock must download it, which this
+    machine cannot (github.com unreachable); the plan refuses, naming the fix."""
+    result = cli("build", "triton", "--version", "3.7.1", "--target", "dgx-spark", "--dry-run",
+                 "--project", PROJECT)  # fmt: skip
+    one_error_line(result, r"no lock entry for triton 3\.7\.1; run `nox -s lock -- triton`")
 
 
 def test_beyond_recipes_build_against_this_wheelhouse(cli: CliRunner) -> None:

@@ -68,6 +68,20 @@ def nccl_version() -> str:
     return ".".join(map(str, torch.cuda.nccl.version()))
 
 
+def check_build_options() -> None:
+    """What the recipe turns on must be there: PyTorch turns a missing library's
+    option off with only a CMake warning, so a silent fallback shows up here."""
+    found = {
+        "cuDNN": torch.backends.cudnn.is_available(),
+        "cuSPARSELt": torch.backends.cusparselt.is_available(),
+        "flash attention": torch.backends.cuda.is_flash_attention_available(),
+    }
+    missing = [name for name, ok in found.items() if not ok]
+    if missing:
+        raise AssertionError(f"built without {', '.join(missing)} (the recipe enables them)")
+    print(f"PASS built with {', '.join(found)}")
+
+
 def check_nccl() -> None:
     version = nccl_version()
     if version == "not built in":
@@ -192,6 +206,7 @@ def main() -> int:
         check_arithmetic(gen)
         check_sdpa(gen)
         check_nccl()
+        check_build_options()
         with tempfile.TemporaryDirectory(prefix="torch-smoke-cache-") as cache:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(cache, "inductor")
             os.environ["TRITON_CACHE_DIR"] = os.path.join(cache, "triton")
