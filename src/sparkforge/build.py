@@ -86,6 +86,7 @@ class BuildPlan:
     log_path: Path
     assets_dir: Path = Path()
     need_keys: dict[str, str] = field(default_factory=dict)  # needed recipe → its build key
+    builder_digest: str | None = None  # the lock's pin of the target's builder base image
     options: BuildOptions = field(default=BuildOptions())
     blocked_by: str | None = None  # why this runner cannot execute the plan (dry runs only)
 
@@ -125,7 +126,7 @@ class BuildPlan:
                 }
                 for a in self.assets
             ],
-            "needs": self.recipe.spec.needs,
+            "needs": self.need_keys,
             "builder_image": self.builder_image(),
             "memory_per_job_gb": self.recipe.spec.memory_per_job_gb,
             "jobs": self.jobs,
@@ -146,10 +147,9 @@ class BuildPlan:
 
     def builder_image(self) -> dict[str, str]:
         """The image the container runner builds from, and what pins it."""
-        digest = read_lock(self.project / "lock.toml").builder.get(self.target.builder_image)
         return {
             "base": self.target.builder_image,
-            "digest": digest or "not pinned yet (nox -s lock -- --builder)",
+            "digest": self.builder_digest or "not pinned yet (nox -s lock -- --builder)",
             "dockerfile": "Dockerfile.builder",
         }
 
@@ -304,7 +304,8 @@ def plan(
         blocked_by = exc.message
     series = load_series(project, recipe.name, version)
     lock_path = project / "lock.toml"
-    entry = entry_for(read_lock(lock_path), lock_path, recipe, version, series)
+    lock_file = read_lock(lock_path)
+    entry = entry_for(lock_file, lock_path, recipe, version, series)
     if entry.source.kind == "path":
         root = project / str(entry.source.path)
         if tree_sha256(root) != entry.source.tree_sha256:
@@ -396,6 +397,7 @@ def plan(
         log_path=workspace.logs / log_name,
         assets_dir=build_dir / "assets",
         need_keys=needs,
+        builder_digest=lock_file.builder.get(target.builder_image),
         options=options,
         blocked_by=blocked_by,
     )

@@ -264,7 +264,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             print(f"note: this plan cannot run here: {the_plan.blocked_by}", file=sys.stderr)
         described = {
             **the_plan.describe(),
-            "needs": {p.recipe.name: p.build_key for p in plans[:-1]},
+            "builds_first": {p.recipe.name: p.build_key for p in plans[:-1]},
         }
         text = json.dumps(described, indent=2)
         console.print_json(text) if console.is_terminal else print(text)

@@ -1,4 +1,5 @@
-"""Content hashes: every pin in sparkforge is a sha256."""
+"""Content hashes: sparkforge pins by sha256; sha1 only where an upstream manifest
+gives nothing else (onnxruntime's cmake/deps.txt)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ from pathlib import Path
 
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
+    return _file_digest(path, hashlib.sha256())
+
+
+def sha1_file(path: Path) -> str:
+    """Hex sha1 of a file (to check an upstream manifest's pin, never to make one)."""
+    return _file_digest(path, hashlib.sha1(usedforsecurity=False))
+
+
+def _file_digest(path: Path, digest: hashlib._Hash) -> str:
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)

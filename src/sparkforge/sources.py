@@ -32,7 +32,7 @@ from pathlib import Path, PurePosixPath
 import git
 
 from . import faults
-from .digest import sha256_file
+from .digest import sha1_file, sha256_file
 from .errors import SourceError
 from .lock import SHA1_HEX, LockedAsset, LockedSource
 from .recipes import Recipe
@@ -401,15 +401,12 @@ def url_asset_sha256(workspace: Workspace, url: str, sha1: str | None) -> str:
 
 
 def _check_sha1(path: Path, url: str, expected: str) -> None:
-    digest = hashlib.sha1(usedforsecurity=False)
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    if digest.hexdigest() != expected:
+    actual = sha1_file(path)
+    if actual != expected:
         path.unlink()
         raise SourceError(
-            f"sha1 mismatch for {url}: the pinned manifest says {expected}, got "
-            f"{digest.hexdigest()}; nothing was used"
+            f"sha1 mismatch for {url}: the pinned manifest says {expected}, got {actual}; "
+            "nothing was used"
         )
 
 
