@@ -100,17 +100,16 @@ def triton_llvm(read: ReadFile) -> list[ManifestAsset]:
         sha256 = str(sums.get(system, "")).lower() if isinstance(sums, dict) else ""
         if not _SHA256.match(sha256):
             raise LockError(f"{where}: no sha256 for '{system}' under 'sha256sum'")
-        assets.append(
-            ManifestAsset(
-                name=f"llvm-{system}",
-                url=f"{base}/llvm-{llvm_hash[:8]}-{system}.tar.gz",
-                dest=f"llvm/{system}",
-                sha256=sha256,
-                unpack=True,
-                platform=platform,
-            )
-        )
+        assets.append(_llvm_archive(base, llvm_hash, platform, system, sha256))
     return assets
+
+
+def _llvm_archive(
+    base: str, llvm_hash: str, platform: str, system: str, sha256: str | None
+) -> ManifestAsset:
+    """One platform's LLVM build, unpacked at ``llvm/<system>``."""
+    return ManifestAsset(name=f"llvm-{system}", url=f"{base}/llvm-{llvm_hash[:8]}-{system}.tar.gz",
+                         dest=f"llvm/{system}", sha256=sha256, unpack=True, platform=platform)  # fmt: skip
 
 
 def _triton_llvm_hash_only(read: ReadFile) -> list[ManifestAsset]:
@@ -127,13 +126,7 @@ def _triton_llvm_hash_only(read: ReadFile) -> list[ManifestAsset]:
     if not _SHA1.match(llvm_hash):
         raise LockError(f"{where}: {llvm_hash[:60]!r} is not a 40-hex commit")
     return [
-        ManifestAsset(
-            name=f"llvm-{system}",
-            url=f"{_LLVM_BLOB}/llvm-{llvm_hash[:8]}-{system}.tar.gz",
-            dest=f"llvm/{system}",
-            unpack=True,
-            platform=platform,
-        )
+        _llvm_archive(_LLVM_BLOB, llvm_hash, platform, system, None)
         for platform, system in _LLVM_SYSTEMS.items()
     ]
 

@@ -119,8 +119,13 @@ def lock_entry(
     resolved = resolve_source(
         project, recipe, version, workspace, upgrade=upgrade, previous=previous_source
     )
-    current = previous is not None and previous.inputs_sha256 == fingerprint and not upgrade
-    if current and previous is not None and previous.source == resolved.source:
+    # Same inputs, same pinned source, no upgrade: nothing to re-resolve.
+    if (
+        previous is not None
+        and previous.inputs_sha256 == fingerprint
+        and previous.source == resolved.source
+        and not upgrade
+    ):
         requirements, assets = previous.build_requires, previous.assets
     else:
         requirements = resolve_requirements(recipe.spec.build.requires, targets)
