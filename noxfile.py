@@ -61,6 +61,16 @@ def lock(session: nox.Session) -> None:
     session.run("sparkforge", "lock", *session.posargs)
 
 
+@nox.session(name="check-patches")
+def check_patches(session: nox.Session) -> None:
+    """Apply every patch series to its locked source (fetches sources):
+    `nox -s check-patches -- [--prove] [RECIPE ...]`; --prove runs each patch's proof
+    without and with it (the vLLM proof evaluates vLLM's CMake, so cmake comes along)."""
+    _install(session)
+    session.install("cmake>=3.26")
+    session.run("sparkforge", "check-patches", *session.posargs)
+
+
 @nox.session
 def index(session: nox.Session) -> None:
     """Regenerate the wheelhouse index and list what it holds."""
@@ -90,7 +100,7 @@ def e2e_aarch64(session: nox.Session) -> None:
     session.run(
         "sparkforge", "build", "sm121-probe", "--target", "dgx-spark", "--python", "3.11",
         "--runner", "container", "--engine", "podman", "--engines", "ci/engines.toml",
-        "--base-image", image, "--allow-unpinned-base", "--build-arg", "CUDA_APT_PACKAGES=",
+        "--base-image", image, "--allow-unpinned-base",
         "--wheelhouse", wheelhouse, *session.posargs,
     )  # fmt: skip
     wheels = sorted(Path(wheelhouse, "files").glob("sm121_probe-*manylinux_2_*_aarch64.whl"))

@@ -47,12 +47,17 @@ def cli(capsys: pytest.CaptureFixture[str]) -> CliRunner:
 
 def copy_project(dest: Path) -> Path:
     """targets/, recipes/, patches/, probe/, lock.toml and the builder files of this repository."""
-    for name in ("targets", "recipes", "probe"):
+    for name in ("targets", "recipes", "probe", "patches"):
         shutil.copytree(
             REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "build")
         )
-    (dest / "patches").mkdir()
-    for name in ("lock.toml", "Dockerfile.builder", "builder-tools.txt", "engines.toml"):
+    for name in (
+        "lock.toml",
+        "Dockerfile.builder",
+        "builder-tools.txt",
+        "builder.toml",
+        "engines.toml",
+    ):
         shutil.copy2(REPO / name, dest / name)
     return dest
 

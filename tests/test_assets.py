@@ -63,12 +63,36 @@ LLVM_INFO = {
 
 
 def test_triton_llvm_gives_one_archive_per_platform() -> None:
+    """The archive name carries llvm-info.json's build_number, as triton's own
+    python/build_helpers.py (get_llvm_package_info) names it: a build 2 of the same
+    LLVM commit is another file with another sha256."""
     assets = triton_llvm(lambda rel: json.dumps(LLVM_INFO))
     by_platform = {a.platform: a for a in assets}
     arm = by_platform["linux_aarch64"]
-    assert arm.url.endswith("/llvm-46111560-ubuntu-arm64.tar.gz")
+    assert arm.url.endswith("/llvm-builds/llvm-46111560-ubuntu-arm64-1.tar.gz")
+    second = triton_llvm(lambda rel: json.dumps({**LLVM_INFO, "build_number": 2}))
+    assert second[0].url.endswith("-2.tar.gz")
     assert arm.sha256 == "7f" * 32 and arm.unpack and arm.dest == "llvm/ubuntu-arm64"
     assert by_platform["linux_x86_64"].sha256 == "38" * 32
+
+
+def test_triton_llvm_without_a_build_number_is_refused() -> None:
+    info = {key: value for key, value in LLVM_INFO.items() if key != "build_number"}
+    with pytest.raises(LockError, match="'build_number' is not a whole number"):
+        triton_llvm(lambda rel: json.dumps(info))
+
+
+def test_triton_llvm_hash_only_names_have_no_build_number() -> None:
+    """3.5.x: cmake/llvm-hash.txt, and setup.py names the archive llvm-<rev8>-<system>."""
+    files = {"cmake/llvm-hash.txt": "7d5de3033187c8a3bb4d2e322f5462cdaf49808f\n"}
+
+    def read(rel: str) -> str:
+        if rel not in files:
+            raise FileNotFoundError(rel)
+        return files[rel]
+
+    urls = {a.url.rsplit("/", 1)[1] for a in triton_llvm(read)}
+    assert urls == {"llvm-7d5de303-ubuntu-arm64.tar.gz", "llvm-7d5de303-ubuntu-x64.tar.gz"}
 
 
 def test_triton_llvm_without_a_checksum_is_refused() -> None:

@@ -45,7 +45,7 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "host": ["--runner", "host"],
         "container": ["--runner", "container", "--engine", "podman", "--engines",
                       str(REPO / "ci" / "engines.toml"), "--base-image", base,
-                      "--allow-unpinned-base", "--build-arg", "CUDA_APT_PACKAGES="],
+                      "--allow-unpinned-base"],
     }.items():  # fmt: skip
         wheelhouse = project / f"wheelhouse-{runner}"
         args = ["build", *COMMON, *extra, "--project", str(project), "--workspace", str(workspace),
@@ -96,7 +96,7 @@ def test_verify_repro_with_the_container_runner(
     base = ensure_standin("amd64", log=lambda line: None)
     args = ["verify-repro", *COMMON, "--runner", "container", "--engine", "podman", "--engines",
             str(REPO / "ci" / "engines.toml"), "--base-image", base, "--allow-unpinned-base",
-            "--build-arg", "CUDA_APT_PACKAGES=", "--project", str(project), "--wheelhouse",
+            "--project", str(project), "--wheelhouse",
             str(wheelhouse), "--workspace", str(project.parent / "verify-ws")]  # fmt: skip
     capsys.readouterr()
     code = main(args)
@@ -124,7 +124,7 @@ def test_lock_pins_the_base_and_a_pinned_build_needs_no_override(
     digest = re.search(rf'"{re.escape(base)}" = "(sha256:[0-9a-f]{{64}})"', lock)
     assert digest, lock
     args = ["build", "sm121-probe", "--target", "standin", "--runner", "container", "--engine", "podman",
-            "--engines", engines, "--build-arg", "CUDA_APT_PACKAGES=", "--project", str(project),
+            "--engines", engines, "--project", str(project),
             "--workspace", str(tmp_path / "ws")]  # fmt: skip
     capsys.readouterr()
     assert main(args) == 0, capsys.readouterr().err

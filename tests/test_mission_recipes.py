@@ -21,13 +21,16 @@ PROJECT = Path(__file__).resolve().parents[1]
 MISSION = ["torch", "triton", "onnxruntime", "vllm"]
 BEYOND = ["torchvision", "torchaudio", "flashinfer", "llama-cpp-python"]
 # Entries this repository cannot lock without reaching github.com (docs/recipes.md#lock-status).
-NOT_LOCKED_HERE = {("triton", "3.7.1")}
+NOT_LOCKED_HERE = {("triton", "3.5.0"), ("triton", "3.5.1")}
 HEX40 = re.compile(r"^[0-9a-f]{40}$")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def _plan(cli: CliRunner, recipe: str, version: str | None = None) -> dict[str, Any]:
-    args = ["build", recipe, "--target", "dgx-spark", "--dry-run", "--project", PROJECT]
+    """The Spark's plan: the container runner, whose CUDA libraries builder.toml and
+    Dockerfile.builder state (plans are checked against them offline)."""
+    args = ["build", recipe, "--target", "dgx-spark", "--dry-run", "--project", PROJECT,
+            "--runner", "container"]  # fmt: skip
     result = cli(*args, *(["--version", version] if version else []))
     assert result.code == 0, result.err
     plan: dict[str, Any] = json.loads(result.out)
@@ -94,9 +97,12 @@ def test_torch_plan(cli: CliRunner) -> None:
 
 
 def test_triton_plan_stages_llvm_for_the_target_platform_only(cli: CliRunner) -> None:
-    plan = _plan(cli, "triton")
-    assert plan["version"] == "main"
+    plan = _plan(cli, "triton", "main")
     assert [a["name"] for a in plan["assets"]] == ["llvm-ubuntu-arm64"]
+    # build_helpers.py: llvm-<hash8>-<system>-<build_number>.tar.gz, sha256 from llvm-info.json
+    assert re.search(r"/llvm-[0-9a-f]{8}-ubuntu-arm64-\d+\.tar\.gz sha256:[0-9a-f]{64}$",
+                     plan["assets"][0]["pin"])  # fmt: skip
+    assert plan["environment"]["JSON_SYSPATH"] == "/usr"
     assert plan["environment"]["LLVM_SYSPATH"].endswith("/assets/llvm/ubuntu-arm64")
     assert plan["environment"]["TRITON_OFFLINE_BUILD"] == "1"
     assert any(
@@ -108,7 +114,7 @@ def test_vllm_plan_has_the_patch_and_staged_fetchcontent_deps(cli: CliRunner) ->
     plan = _plan(cli, "vllm")
     assert plan["version"] == "0.11.1"
     assert [p["name"] for p in plan["patches"]] == ["0001-grouped-moe-sm100-archs-for-12x.patch"]
-    assert set(plan["needs"]) == {"torch", "triton"}
+    assert set(plan["needs"]) == {"torch"} and plan["need_versions"] == {"torch": "2.9.0"}
     env = plan["environment"]
     for variable in ("VLLM_CUTLASS_SRC_DIR", "VLLM_FLASH_ATTN_SRC_DIR", "FLASH_MLA_SRC_DIR",
                      "QUTLASS_SRC_DIR"):  # fmt: skip
@@ -139,16 +145,19 @@ def test_onnxruntime_plan_mirrors_every_dependency(cli: CliRunner) -> None:
 
 
 def test_triton_release_cannot_be_planned_without_its_lock_entry(cli: CliRunner) -> None:
-    """3.7.x names its LLVM without a checksum: the lock must download it, which this
-    machine cannot (github.com unreachable); the plan refuses, naming the fix."""
-    result = cli("build", "triton", "--version", "3.7.1", "--target", "dgx-spark", "--dry-run",
+    """3.5.x names its LLVM without a checksum: the lock must download it, which this
+    machine cannot (the blob store is unreachable); the plan refuses, naming the fix."""
+    result = cli("build", "triton", "--version", "3.5.0", "--target", "dgx-spark", "--dry-run",
                  "--project", PROJECT)  # fmt: skip
-    one_error_line(result, r"no lock entry for triton 3\.7\.1; run `nox -s lock -- triton`")
+    one_error_line(result, r"no lock entry for triton 3\.5\.0; run `nox -s lock -- triton`")
 
 
 def test_beyond_recipes_build_against_this_wheelhouse(cli: CliRunner) -> None:
+    torch = _plan(cli, "torch", "2.9.0")
     for name in ("torchvision", "torchaudio", "flashinfer"):
-        assert _plan(cli, name)["needs"] == {"torch": _plan(cli, "torch")["build_key"]}
+        plan = _plan(cli, name)
+        assert plan["needs"] == {"torch": torch["build_key"]}, name
+        assert plan["need_versions"] == {"torch": "2.9.0"}, name
     assert _plan(cli, "flashinfer")["environment"]["FLASHINFER_CUDA_ARCH_LIST"] == "12.1a"
     llama = _plan(cli, "llama-cpp-python")
     assert "-DCMAKE_CUDA_ARCHITECTURES=121-real" in llama["environment"]["CMAKE_ARGS"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -261,35 +262,68 @@ def test_a_new_build_key_with_the_same_bytes_is_then_a_noop(
     assert "up to date" in third.out, "the new key now finds the stored wheel"
 
 
-def test_submodule_at_another_commit_is_refused(
+def _repo(path: Path, files: dict[str, str]) -> str:
+    identity = ["-c", "user.name=t", "-c", "user.email=t@t"]
+    path.mkdir(parents=True)
+    git(path, "init", "-q", "-b", "main")
+    for name, text in files.items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text(text)
+    git(path, "add", ".")
+    git(path, *identity, "commit", "-q", "-m", "files")
+    return git(path, "rev-parse", "HEAD")
+
+
+def test_checkout_takes_submodules_from_the_workspace_mirrors_and_skips_excluded_paths(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import git as gitpython
-
-    from sparkforge.errors import SourceError
-    from sparkforge.sources import check_submodules
+    """Each submodule comes from its own mirror at the recorded commit (a bundle's mirrors
+    serve an offline machine); excluded paths are not checked out, and a submodule under
+    one is never fetched."""
+    from sparkforge.sources import _checkout
+    from sparkforge.workspace import Workspace
 
     monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
     monkeypatch.setenv("GIT_CONFIG_KEY_0", "protocol.file.allow")
     monkeypatch.setenv("GIT_CONFIG_VALUE_0", "always")
     identity = ["-c", "user.name=t", "-c", "user.email=t@t"]
-    data = tmp_path / "data"
-    data.mkdir()
-    git(data, "init", "-q", "-b", "main")
-    (data / "v.txt").write_text("1\n")
-    git(data, "add", ".")
-    git(data, *identity, "commit", "-q", "-m", "one")
-    (data / "v.txt").write_text("2\n")
-    git(data, *identity, "commit", "-q", "-am", "two")
+    _repo(tmp_path / "lib", {"include/lib.h": "int lib;\n", "docs/big.md": "docs\n"})
+    _repo(tmp_path / "rocm", {"rocm.h": "amd\n"})
     top = tmp_path / "top"
-    top.mkdir()
-    git(top, "init", "-q", "-b", "main")
-    git(top, "submodule", "--quiet", "add", str(data), "data")
-    git(top, *identity, "commit", "-q", "-m", "pin data at two")
-    check_submodules(gitpython.Repo(top), "file://top")  # as recorded: fine
-    git(top / "data", "checkout", "-q", "HEAD~1")
-    with pytest.raises(
-        SourceError,
-        match=r"submodule data is at [0-9a-f]{40}, not the commit the superproject records",
-    ):
-        check_submodules(gitpython.Repo(top), "file://top")
+    _repo(top, {"README": "top\n", "media/logo.txt": "logo\n"})
+    git(top, "submodule", "--quiet", "add", str(tmp_path / "lib"), "csrc/lib")
+    git(top, "submodule", "--quiet", "add", str(tmp_path / "rocm"), "csrc/rocm")
+    git(top, *identity, "commit", "-q", "-m", "submodules")
+    commit = git(top, "rev-parse", "HEAD")
+    workspace = Workspace(tmp_path / "ws")
+    dest = tmp_path / "out"
+    _checkout(workspace, str(top), commit, dest, True, ["media", "csrc/rocm", "csrc/lib/docs"])
+    assert (dest / "README").is_file() and (dest / "csrc/lib/include/lib.h").is_file()
+    assert not (dest / "media").exists() and not (dest / "csrc/lib/docs").exists()
+    assert not any((dest / "csrc/rocm").iterdir()), "an excluded submodule is not fetched"
+    mirrors = sorted(p.name for p in workspace.git_mirrors.iterdir() if not p.name.startswith("."))
+    assert len(mirrors) == 2, "top and lib came from mirrors; rocm was never mirrored"
+
+
+def test_submodule_commit_missing_from_its_mirror_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sparkforge.errors import SourceError
+    from sparkforge.sources import _checkout
+    from sparkforge.workspace import Workspace
+
+    monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
+    monkeypatch.setenv("GIT_CONFIG_KEY_0", "protocol.file.allow")
+    monkeypatch.setenv("GIT_CONFIG_VALUE_0", "always")
+    identity = ["-c", "user.name=t", "-c", "user.email=t@t"]
+    _repo(tmp_path / "data", {"v.txt": "1\n"})
+    top = tmp_path / "top"
+    _repo(top, {"README": "top\n"})
+    git(top, "submodule", "--quiet", "add", str(tmp_path / "data"), "data")
+    git(top, *identity, "commit", "-q", "-m", "pin data")
+    commit = git(top, "rev-parse", "HEAD")
+    # The submodule's history is rewritten: the recorded commit no longer exists upstream.
+    shutil.rmtree(tmp_path / "data")
+    _repo(tmp_path / "data", {"v.txt": "other\n"})
+    with pytest.raises(SourceError, match=r"commit [0-9a-f]{40} is not in .*data"):
+        _checkout(Workspace(tmp_path / "ws"), str(top), commit, tmp_path / "out", True)

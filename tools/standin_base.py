@@ -40,8 +40,10 @@ import time
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import standin_traits
 
 # --- the recipe: every constant here is hashed into the image tag -------------
 
@@ -184,6 +186,8 @@ class Recipe:
     wheels: tuple[WheelPin, ...] = WHEELS
     layout_version: int = LAYOUT_VERSION
     env: tuple[tuple[str, str], ...] = IMAGE_ENV
+    # builder.toml's facts about NVIDIA's base (account, held packages, repository, env).
+    traits: str = field(default_factory=lambda: standin_traits.facts_digest(standin_traits.load_facts()))
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHES:
@@ -198,7 +202,9 @@ class Recipe:
         """Names the image: only this arch's wheel hashes count."""
         wheels = [[w.name, w.version, w.sha256_for(self.arch)] for w in self.wheels]
         env = [list(pair) for pair in self.env]
-        return _digest([self.debian_digest(), wheels, CUDA_DIR, self.layout_version, env])
+        return _digest(
+            [self.debian_digest(), wheels, CUDA_DIR, self.layout_version, env, self.traits]
+        )
 
     def image_ref(self) -> str:
         return f"{IMAGE_NAME}:{self.arch}-{self.digest()[:12]}"
@@ -226,10 +232,19 @@ def host_arch() -> str:
     raise StandinError(f"unsupported host machine {platform.machine()!r}: use x86_64 or aarch64")
 
 
+def _is_docker(engine: str) -> bool:
+    return Path(engine).name == "docker"
+
+
 def podman_run_argv(
     image: str, arch: str, *command: str, engine: str = "podman", extra: Sequence[str] = ()
 ) -> list[str]:
-    """``podman run`` with the flags this kind of host needs, for ``image`` of ``arch``."""
+    """``<engine> run`` with the flags this kind of host needs, for ``image`` of ``arch``.
+
+    The image's entrypoint (a banner before every command, as NVIDIA's) is kept;
+    pass ``--entrypoint=`` in ``extra`` to read a command's output alone."""
+    if _is_docker(engine):
+        return [engine, "run", "--rm", "--platform", f"linux/{arch}", *extra, image, *command]
     return [
         engine, *PODMAN_GLOBAL_FLAGS, "run", "--rm", "--arch", arch, *PODMAN_RUN_FLAGS,
         *extra, image, *command,
@@ -320,11 +335,17 @@ def _install_missing(tools: dict[str, str], steps: _Steps) -> None:
 
 
 def _ensure_engine(engine: str, steps: _Steps) -> None:
+    if _is_docker(engine):
+        done = subprocess.run([engine, "info"], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise StandinError(
+                f"docker cannot reach its daemon ({_last_line(done.stderr)}); start dockerd (where "
+                "it runs inside a container: dockerd --iptables=false --bridge=none "
+                "--storage-driver=vfs) or use podman"
+            )
+        return
     if Path(engine).name != "podman":
-        raise StandinError(
-            f"engine {engine!r}: the stand-in is built with podman (import --arch, runc); "
-            "install podman and pass engine='podman'"
-        )
+        raise StandinError(f"engine {engine!r}: use podman or docker")
     _install_missing({**ENGINE_TOOLS, engine: "podman"}, steps)
 
 
@@ -586,9 +607,11 @@ def _assemble(base_tar: Path, stage: Path, out: Path, steps: _Steps) -> None:
 def _import(engine: str, tarball: Path, ref: str, recipe: Recipe, steps: _Steps) -> None:
     changes = [f"ENV {key}={value}" for key, value in recipe.env]
     changes += [f"LABEL org.sparkforge.standin.recipe={recipe.digest()}", 'CMD ["/bin/bash"]']
+    platform = (["--platform", f"linux/{recipe.arch}"] if _is_docker(engine)
+                else ["--arch", recipe.arch, "--os", "linux"])  # fmt: skip
     steps.run(
         [
-            engine, "import", "--arch", recipe.arch, "--os", "linux",
+            engine, "import", *platform,
             *(arg for change in changes for arg in ("--change", change)),
             "--message", f"sparkforge stand-in for nvidia/cuda 13.0 devel ({recipe.arch})",
             str(tarball), ref,
@@ -619,10 +642,46 @@ def _verify(engine: str, ref: str, arch: str, steps: _Steps) -> None:
     )
     if "standin probe ran" not in probe:
         raise StandinError(f"the sm_121 probe in {ref} printed no result: {_last_line(probe)}")
+    facts = standin_traits.load_facts()
+    traits = steps.run(
+        podman_run_argv(ref, arch, "sh", "-c", "getent passwd 1000; apt-mark showhold",
+                        engine=engine, extra=["--network=none", "--entrypoint="]),
+        what="reading the account and held packages of the new image",
+        hint=hint,
+    )  # fmt: skip
+    wanted = [*(f"{name}:x:{uid}:" for name, uid in dict(facts["user"]).items()),  # type: ignore[call-overload]
+              *dict(facts["held"])]  # type: ignore[call-overload]
+    missing = [item for item in wanted if item not in traits]
+    if missing:
+        raise StandinError(f"{ref} lacks {missing[0]!r} (from builder.toml): {_last_line(traits)}")
 
 
 def _image_exists(engine: str, ref: str) -> bool:
-    return subprocess.run([engine, "image", "exists", ref], capture_output=True).returncode == 0
+    return subprocess.run([engine, "image", "inspect", ref], capture_output=True).returncode == 0
+
+
+def _untag(engine: str, ref: str, steps: _Steps) -> None:
+    argv = [engine, "rmi", ref] if _is_docker(engine) else [engine, "untag", ref, ref]
+    steps.run(argv, what=f"{engine} untag {ref}", hint="see the log")
+
+
+def _traits(engine: str, base: str, ref: str, arch: str, cache_dir: Path, steps: _Steps) -> None:
+    """Layer builder.toml's facts about NVIDIA's image on ``base`` (see standin_traits)."""
+    facts = standin_traits.load_facts()
+    with _scratch_dir(cache_dir, f"traits-{arch}-") as context:
+
+        def run(argv: list[str]) -> None:
+            steps.run(argv, what=argv[0], hint="install dpkg (dpkg-deb)")
+
+        containerfile = standin_traits.write_context(context, base, facts, arch, run)
+        if _is_docker(engine):
+            argv = [engine, "build", "--network", "none", "--platform", f"linux/{arch}"]
+        else:
+            argv = [engine, *PODMAN_GLOBAL_FLAGS, "build", "--format", "docker", "--network",
+                    "none", "--arch", arch, *PODMAN_RUN_FLAGS]  # fmt: skip
+        steps.run([*argv, "-t", ref, "-f", str(containerfile), str(context)],
+                  what=f"{engine} build of the CUDA image's traits",
+                  hint="see the log; the Containerfile is generated by tools/standin_traits.py")  # fmt: skip
 
 
 @contextmanager
@@ -634,9 +693,12 @@ def _locked(path: Path) -> Iterator[None]:
         yield
 
 
-def _build(recipe: Recipe, engine: str, cache_dir: Path, steps: _Steps) -> None:
-    ref = recipe.image_ref()
-    _install_missing(BUILD_TOOLS, steps)
+def _rootfs(recipe: Recipe, cache_dir: Path, steps: _Steps) -> Path:
+    """The assembled root filesystem tarball, cached so that each engine imports the same one."""
+    tarball = cache_dir / f"rootfs-{recipe.arch}-{recipe.digest()[:12]}.tar"
+    if tarball.is_file():
+        steps.step(f"root filesystem: cached {tarball.name}")
+        return tarball
     base_tar = _debootstrap(recipe, cache_dir, steps)
     wheels = _fetch_wheels(recipe, cache_dir, steps)
     with _scratch_dir(cache_dir, f"image-{recipe.arch}-") as work:
@@ -645,13 +707,24 @@ def _build(recipe: Recipe, engine: str, cache_dir: Path, steps: _Steps) -> None:
         _write_manifest(recipe, wheels, cuda)
         steps.step("assemble the root filesystem tarball")
         _assemble(base_tar, work / "stage", work / "rootfs.tar", steps)
-        unverified = f"{ref}-unverified"
-        steps.step(f"{engine} import as {unverified}")
-        _import(engine, work / "rootfs.tar", unverified, recipe, steps)
-    steps.step("verify: nvcc --version, then compile, link and run an sm_121 probe")
+        (work / "rootfs.tar").replace(tarball)
+    return tarball
+
+
+def _build(recipe: Recipe, engine: str, cache_dir: Path, steps: _Steps) -> None:
+    ref = recipe.image_ref()
+    _install_missing({**BUILD_TOOLS, "dpkg-deb": "dpkg"}, steps)
+    tarball = _rootfs(recipe, cache_dir, steps)
+    rootfs, unverified = f"{ref}-rootfs", f"{ref}-unverified"
+    steps.step(f"{engine} import as {rootfs}")
+    _import(engine, tarball, rootfs, recipe, steps)
+    steps.step("layer the CUDA image's traits (account, apt repository, held packages, env)")
+    _traits(engine, rootfs, unverified, recipe.arch, cache_dir, steps)
+    _untag(engine, rootfs, steps)
+    steps.step("verify: nvcc --version, an sm_121 probe, uid 1000, the held packages")
     _verify(engine, unverified, recipe.arch, steps)
     steps.run([engine, "tag", unverified, ref], what=f"{engine} tag", hint="see the log")
-    steps.run([engine, "untag", unverified, unverified], what=f"{engine} untag", hint="see the log")
+    _untag(engine, unverified, steps)
 
 
 def ensure_standin(

@@ -226,7 +226,16 @@ def main() -> int:
             print(f"other GPU mode: {mode}: target-specific checks skipped")
         check_extensions()
         gen = torch.Generator().manual_seed(SEED)
-        check_fp8_quant(gen)
+        try:
+            check_fp8_quant(gen)
+        except RuntimeError as exc:
+            # Other-GPU mode: a wheel built for the target only has no kernels for this GPU.
+            if cc == target or "no kernel image" not in str(exc):
+                raise
+            print(f"not run on {sm}: FP8 quantization, cutlass_scaled_mm, LLM.generate: the "
+                  f"wheel has no kernels for this GPU ({one_line(exc)[:160]})")  # fmt: skip
+            print(f"PASS extension imports on {name} ({sm}); kernels need the target GPU")
+            return 0
         check_scaled_mm(gen, cc, on_target=cc == target)
         path = f"{TMP}/tiny-llama"
         check_generate(path, tiny_llama(path))

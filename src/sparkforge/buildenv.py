@@ -26,6 +26,17 @@ def requirements_text(requirements: Sequence[LockedRequirement]) -> str:
     return "".join(r.pip_line() + "\n" for r in sorted(requirements, key=lambda r: r.name))
 
 
+def env_contents(requirements: Sequence[LockedRequirement], local_wheels: Sequence[Path]) -> str:
+    """What a complete venv holds (its ``.complete`` marker): a venv with other contents,
+    e.g. other wheels from the wheelhouse, is rebuilt rather than reused."""
+    return requirements_text(requirements) + "".join(f"{p.name}\n" for p in sorted(local_wheels))
+
+
+def is_complete(final: Path, contents: str) -> bool:
+    marker = final / ".complete"
+    return marker.is_file() and marker.read_text() == contents
+
+
 def env_path(
     python_version: str, requirements: Sequence[LockedRequirement], envs: Path, *, flavour: str
 ) -> Path:
@@ -47,9 +58,15 @@ def stage_tools(requirements_file: Path, *, manylinux: str, dest: Path) -> None:
 
 
 def stage_wheels(
-    requirements: Sequence[LockedRequirement], *, python: str, manylinux: str, dest: Path
+    requirements: Sequence[LockedRequirement],
+    *,
+    python: str,
+    manylinux: str,
+    dest: Path,
+    find_links: Path | None = None,
 ) -> None:
-    """Download the locked wheels for the target's platform into ``dest``, hash-checked.
+    """Download the locked wheels for the target's platform into ``dest``, hash-checked
+    (from ``find_links`` alone when given: a bundle's wheels).
 
     A build that runs without network (the container runner) installs from here.
     """
@@ -64,9 +81,37 @@ def stage_wheels(
                 "--require-hashes", "--no-deps", "--only-binary=:all:", "--python-version", python,
                 "--implementation", "cp", "--abi", f"cp{nodot}", "--abi", "abi3", "--abi", "none",
                 "-d", str(dest), "-r", req_file.name]  # fmt: skip
+        if find_links is not None:
+            argv += ["--no-index", "--find-links", str(find_links)]
         for tag in platform_tags(manylinux):
             argv += ["--platform", tag]
         _run(argv, f"download the locked build requirements for {manylinux}")
+
+
+def upstream_wheels(
+    dist: str, version: str, *, python: str, manylinux: str, dest: Path
+) -> list[Path]:
+    """Upstream's published wheel of ``dist`` ``version`` for the target (PyPI), with the
+    wheels of what it declares (Requires-Dist), downloaded once into ``dest``. Only a
+    preflight that asks for it uses this; these are not locked, and the log says so."""
+    where = dest / f"{dist}-{version}-py{python}-{manylinux}"
+    marker = where / ".complete"
+    if not marker.exists():
+        shutil.rmtree(where, ignore_errors=True)
+        where.mkdir(parents=True)
+        nodot = python.replace(".", "")
+        argv = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+                "--only-binary=:all:", "--python-version", python, "--implementation", "cp",
+                "--abi", f"cp{nodot}", "--abi", "abi3", "--abi", "none", "-d", str(where),
+                f"{dist}=={version}"]  # fmt: skip
+        for tag in platform_tags(manylinux):
+            argv += ["--platform", tag]
+        _run(argv, f"download upstream's {dist} {version} wheel for {manylinux}")
+        marker.write_text("")
+    found = sorted(where.glob("*.whl"))
+    if not any(p.name.startswith(f"{dist.replace('-', '_')}-{version}") for p in found):
+        raise BuildError(f"upstream publishes no {dist} {version} wheel for {manylinux}")
+    return found
 
 
 def build_env(
@@ -75,10 +120,13 @@ def build_env(
     requirements: Sequence[LockedRequirement],
     final: Path,
     local_wheels: Sequence[Path] = (),
+    site_dirs: Sequence[str] = (),
+    find_links: Path | None = None,
 ) -> Path:
     """The venv at ``final`` (see :func:`env_path`) with exactly ``requirements``; made on first use."""
     text = requirements_text(requirements)
-    if (final / ".complete").exists():
+    contents = env_contents(requirements, local_wheels) + "".join(f"{d}\n" for d in site_dirs)
+    if is_complete(final, contents):
         return final
     # Scripts in a venv hard-code its path, so it is built in place; the marker is
     # written last and a directory without it is discarded and rebuilt.
@@ -88,9 +136,16 @@ def build_env(
     req_file = final.parent / f".{final.name}.requirements.txt"
     req_file.write_text(text)
     uv = shutil.which("uv")
-    if uv:  # same hashes, same bytes; uv is several times faster than pip here
+    if uv and find_links is not None:  # offline: --seed would download pip, which no build uses
+        _run([uv, "venv", "--quiet", "--python", python, str(final)], "create a venv")
+        install = [uv, "pip", "install", "--quiet", "--python", str(final / "bin" / "python")]
+    elif uv:  # same hashes, same bytes; uv is several times faster than pip here
         _run([uv, "venv", "--quiet", "--seed", "--python", python, str(final)], "create a venv")
         install = [uv, "pip", "install", "--quiet", "--python", str(final / "bin" / "python")]
+    elif find_links is not None:  # offline without uv: no ensurepip needed, this pip installs
+        _run([python, "-m", "venv", "--without-pip", str(final)], "create a venv")
+        install = [sys.executable, "-m", "pip", "--python", str(final / "bin" / "python"),
+                   "install", "--quiet", "--disable-pip-version-check"]  # fmt: skip
     else:
         _run([python, "-m", "venv", str(final)], "create a venv")
         install = [
@@ -103,15 +158,21 @@ def build_env(
         ]
     faults.point("env:partial")
     if requirements:
+        # From a bundle's wheels alone (no index) when given one; hashes are checked either way.
+        source = ["--no-index", "--find-links", str(find_links)] if find_links else []
         _run(
-            [*install, "--require-hashes", "--no-deps", "--only-binary=:all:", "-r", str(req_file)],
+            [*install, *source, "--require-hashes", "--no-deps", "--only-binary=:all:", "-r",
+             str(req_file)],
             "install the locked build requirements",
-        )
+        )  # fmt: skip
     if local_wheels:  # the wheelhouse's own builds (e.g. torch for vllm): exactly these files
         _run([*install, "--no-deps", "--no-index", *map(str, local_wheels)],
              "install the needed recipes' wheels from the wheelhouse")  # fmt: skip
+    if site_dirs:  # after the venv's own site-packages, so the locked requirements win
+        (site,) = final.glob("lib/python*/site-packages")
+        (site / "_sparkforge_installed_needs.pth").write_text("".join(f"{d}\n" for d in site_dirs))
     req_file.unlink()
-    (final / ".complete").write_text(text)
+    (final / ".complete").write_text(contents)
     return final
 
 

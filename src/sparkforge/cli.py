@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -21,11 +22,12 @@ from . import __version__
 from .archs import CudaArch, parse_arch
 from .build import BuildOptions, BuildPlan, execute, plan, up_to_date
 from .containers import base_digest, find_engine, load_engine_settings
-from .errors import ConfigError, SparkforgeError
+from .digest import sha256_file
+from .errors import ConfigError, PatchError, SparkforgeError
 from .graph import recipe_levels
 from .index import Wheelhouse
 from .lock import entry_for, read_lock, write_lock
-from .patches import apply_series, load_series
+from .patches import PatchSeries, apply_series, load_series
 from .recipes import available_recipes, load_recipe
 from .repro import compare_wheels, diffoscope_report
 from .resolve import lock_entry
@@ -117,6 +119,10 @@ def _build_settings(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manylinux", type=_manylinux, metavar="POLICY",
                         help="repair to this manylinux policy instead of the target's "
                              "(e.g. manylinux_2_39_x86_64 on a glibc 2.39 host)")  # fmt: skip
+    parser.add_argument("--installed-need", action="append", default=[], metavar="RECIPE",
+                        help="satisfy this needed recipe with the distribution the build "
+                             "interpreter has installed, not this wheelhouse (host runner; "
+                             "recorded as unreviewed)")  # fmt: skip
     parser.add_argument("--time-limit", type=_seconds, metavar="SECONDS",
                         help="stop the build commands after this long (default: no limit)")  # fmt: skip
     _runner_options(parser)
@@ -132,6 +138,7 @@ def _build_options(args: argparse.Namespace) -> BuildOptions:
         python=args.python,
         manylinux=args.manylinux,
         time_limit=args.time_limit,
+        keep_build_dir=getattr(args, "keep_build_dir", False),
     )
 
 
@@ -172,7 +179,7 @@ def _runner(args: argparse.Namespace, project: Path, workspace: Workspace) -> Ru
     base = args.base_image or target.builder_image
     settings = load_engine_settings(project, args.engines)
     return ContainerRunner(
-        engine=find_engine(args.engine, settings),
+        engine=find_engine(args.engine, settings, required=not getattr(args, "dry_run", False)),
         dockerfile=project / "Dockerfile.builder",
         base_image=base,
         locked_digest=read_lock(project / "lock.toml").builder.get(base),
@@ -205,21 +212,43 @@ class _Outcome:
 
 def _plans(args: argparse.Namespace, project: Path, workspace: Workspace, names: list[str],
            top: str | None) -> list[BuildPlan]:  # fmt: skip
-    """Plans for ``names`` and everything they need, in dependency order; each
-    build key includes the keys of what it builds against."""
-    keys: dict[str, str] = {}
-    plans: list[BuildPlan] = []
-    for level in recipe_levels(project, names):
-        for node in level:
-            options = _build_options(args)
-            if node.recipe != top:  # --version and --force speak of the recipe asked for
-                options = dataclasses.replace(options, version=None, force=False)
-            the_plan = plan(project, node.recipe, args.target, _runner(args, project, workspace),
-                            workspace, _wheelhouse(args), options,
-                            dry_run=getattr(args, "dry_run", False), need_keys=keys)  # fmt: skip
-            keys[node.recipe] = the_plan.build_key
-            plans.append(the_plan)
-    return plans
+    """Plans for ``names`` and everything they need, needs first; each build key
+    includes the keys of what it builds against, at the versions it asks for."""
+    recipe_levels(project, names)  # refuses cycles in 'needs' with one line
+    runner = _runner(args, project, workspace)
+    planned: dict[tuple[str, str], BuildPlan] = {}
+
+    def visit(name: str, version: str | None) -> BuildPlan:
+        recipe = load_recipe(project, name)
+        options = _build_options(args)
+        if name != top:  # --version and --force speak of the recipe asked for
+            options = dataclasses.replace(options, version=version, force=False)
+        resolved = recipe.version(options.version)
+        if (name, resolved) in planned:
+            return planned[(name, resolved)]
+        installed: dict[str, tuple[str, str]] = {}
+        for need in sorted(set(recipe.spec.needs) & set(getattr(args, "installed_need", []))):
+            dist = load_recipe(project, need).spec.dist
+            installed[need] = runner.installed(load_target(project, args.target), dist)
+        needs = {need: visit(need, recipe.need_version(resolved, need))
+                 for need in sorted(recipe.spec.needs) if need not in installed}  # fmt: skip
+        # A preflight or a bundle builds none of the needs: their plans give keys and versions.
+        needs_only = (getattr(args, "preflight", False) or getattr(args, "bundle", False)) and (
+            name != top
+        )
+        the_plan = plan(project, name, args.target, runner, workspace, _wheelhouse(args), options,
+                        dry_run=getattr(args, "dry_run", False) or needs_only,
+                        need_keys={**{n: p.build_key for n, p in needs.items()},
+                                   **{n: f"installed:{v}@{site}" for n, (v, site) in installed.items()}},
+                        need_versions={**{n: p.version for n, p in needs.items()},
+                                       **{n: v for n, (v, _) in installed.items()}},
+                        installed_needs={n: site for n, (_, site) in installed.items()})  # fmt: skip
+        planned[(name, resolved)] = the_plan
+        return the_plan
+
+    for name in names:
+        visit(name, None)
+    return list(planned.values())
 
 
 def _build(the_plan: BuildPlan, workspace: Workspace, *, force: bool, wait: bool) -> _Outcome:
@@ -252,28 +281,112 @@ def _build(the_plan: BuildPlan, workspace: Workspace, *, force: bool, wait: bool
     return outcome
 
 
+def _from_bundle(args: argparse.Namespace) -> tuple[Path, Workspace, list[BuildPlan]]:
+    """Verify and unpack ``--from-bundle`` into a fresh workspace; the plan of its recipe,
+    built against exactly the needs the bundle carries (or --installed-need)."""
+    from . import bundle
+
+    tmp = Path(tempfile.mkdtemp(prefix="sparkforge-from-bundle-"))
+    console.print(f"verifying and unpacking {args.from_bundle} into {tmp}")
+    unpacked = bundle.unpack(Path(args.from_bundle), tmp)
+    manifest = unpacked.manifest
+    if manifest["recipe"] != args.recipe or manifest["target"] != args.target:
+        raise ConfigError(
+            f"--from-bundle: {args.from_bundle} holds {manifest['recipe']} for target "
+            f"{manifest['target']}, not {args.recipe} for {args.target}; pass --target "
+            f"{manifest['target']} or bundle again"
+        )
+    if args.version not in (None, manifest["version"]):
+        raise ConfigError(
+            f"--from-bundle: the bundle holds version {manifest['version']}, not {args.version}"
+        )
+    args.version = manifest["version"]
+    runner = _runner(args, unpacked.project, unpacked.workspace)
+    recipe = load_recipe(unpacked.project, args.recipe)
+    installed = {need: runner.installed(load_target(unpacked.project, args.target),
+                                        load_recipe(unpacked.project, need).spec.dist)
+                 for need in set(recipe.spec.needs) & set(args.installed_need)}  # fmt: skip
+    keys = {n: k for n, k in dict(manifest["need_keys"]).items() if n not in installed}
+    versions = {n: v for n, v in dict(manifest["need_versions"]).items() if n not in installed}
+    the_plan = plan(unpacked.project, args.recipe, args.target, runner, unpacked.workspace,
+                    _wheelhouse(args), _build_options(args), dry_run=args.dry_run,
+                    need_keys={**keys, **{n: f"installed:{v}@{s}" for n, (v, s) in installed.items()}},
+                    need_versions={**versions, **{n: v for n, (v, _) in installed.items()}},
+                    installed_needs={n: s for n, (_, s) in installed.items()})  # fmt: skip
+    return unpacked.project, unpacked.workspace, [the_plan]
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    """Write one plan's verified inputs into one file (see bundle.py)."""
+    from . import bundle
+
+    project = args.project.resolve()
+    workspace = Workspace.locate(args.workspace)
+    the_plan = _plans(args, project, workspace, [args.recipe], top=args.recipe)[-1]
+    out = args.output or Path.cwd() / (
+        f"{the_plan.recipe.name}-{the_plan.version}-{the_plan.target.name}-"
+        f"{the_plan.build_key[:12]}.bundle.tar.xz"
+    )
+    with workspace.exclusive(wait=not args.no_wait, note=console.print):
+        written, manifest = bundle.write(the_plan, out.resolve(), console.print)
+    size = written.stat().st_size
+    console.print(
+        f"[green]bundle written[/]: {written} ({size / 1e6:.1f} MB, {len(dict(manifest['files']))} "
+        f"files)\n  sha256 {sha256_file(written)}\n  build it offline: sparkforge build "
+        f"{the_plan.recipe.name} --target {the_plan.target.name} --from-bundle {written.name}"
+    )
+    return 0
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     """Build a recipe, after building (or finding up to date) what it needs."""
     started = time.monotonic()
-    project = args.project.resolve()
-    workspace = Workspace.locate(args.workspace)
-    plans = _plans(args, project, workspace, [args.recipe], top=args.recipe)
+    if args.from_bundle:
+        project, workspace, plans = _from_bundle(args)
+    else:
+        project = args.project.resolve()
+        workspace = Workspace.locate(args.workspace)
+        plans = _plans(args, project, workspace, [args.recipe], top=args.recipe)
     the_plan = plans[-1]
     if args.dry_run:
         if the_plan.blocked_by:
             print(f"note: this plan cannot run here: {the_plan.blocked_by}", file=sys.stderr)
         described = {
             **the_plan.describe(),
-            "builds_first": {p.recipe.name: p.build_key for p in plans[:-1]},
+            "builds_first": {f"{p.recipe.name} {p.version}": p.build_key for p in plans[:-1]},
         }
         text = json.dumps(described, indent=2)
         console.print_json(text) if console.is_terminal else print(text)
-        return 0
+        conflicts = [c for p in plans for c in p.conflicts]
+        for conflict in conflicts:
+            print(f"conflict: {conflict}", file=sys.stderr)
+        return 2 if conflicts else 0
+    if args.preflight:
+        return _preflight(the_plan, workspace, upstream_needs=args.upstream_needs,
+                          wait=not args.no_wait)  # fmt: skip
     for need in plans[:-1]:
         outcome = _build(need, workspace, force=False, wait=not args.no_wait)
         console.print(f"need {need.recipe.name}: {outcome.status}")
     _build(the_plan, workspace, force=args.force, wait=not args.no_wait)
     console.print(f"pipeline time {time.monotonic() - started:.2f} s")
+    return 0
+
+
+def _preflight(the_plan: BuildPlan, workspace: Workspace, *, upstream_needs: bool,
+               wait: bool) -> int:  # fmt: skip
+    """Run one plan's preflight and print what it checked."""
+    from .preflight import run as run_preflight
+
+    console.print(
+        f"[bold]preflight {the_plan.recipe.name} {the_plan.version}[/] for {the_plan.target.name} "
+        f"({', '.join(a.name for a in the_plan.archs)}), key {the_plan.build_key[:12]}"
+    )
+    with workspace.exclusive(wait=wait, note=console.print):
+        result = run_preflight(the_plan, console, upstream_needs=upstream_needs)
+    console.print(
+        f"[green]preflight passed[/]: {the_plan.recipe.name} {the_plan.version} in "
+        f"{result.seconds:.1f} s (network: {result.isolation}); nothing was compiled or published"
+    )
     return 0
 
 
@@ -521,7 +634,10 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_check_patches(args: argparse.Namespace) -> int:
-    """Apply every patch series to its locked source in a scratch tree."""
+    """Apply every patch series to its locked source in a scratch tree; with --prove, run
+    each patch's proof without the patch (it must fail) and with it (it must pass)."""
+    from .patches import run_proof
+
     project = args.project.resolve()
     workspace = Workspace.locate(args.workspace)
     lock_path = project / "lock.toml"
@@ -537,11 +653,30 @@ def cmd_check_patches(args: argparse.Namespace) -> int:
             with tempfile.TemporaryDirectory(prefix="sparkforge-patches-") as tmp:
                 with console.status(f"fetching {name} {version}"):
                     materialize(project, recipe, entry.source, workspace, Path(tmp) / "src")
-                apply_series(series, Path(tmp) / "src", label=f"{name} {version}")
+                label = f"{name} {version}"
+                if args.prove:
+                    for patch in (p for p in series.patches if p.proof):
+                        tree = Path(tmp) / f"prove-{patch.name}"
+                        shutil.copytree(Path(tmp) / "src", tree, symlinks=True)
+                        apply_series(series, tree, label=label, upto=patch.name)
+                        without = run_proof(patch, tree)
+                        apply_series(PatchSeries(series.directory, (patch,)), tree, label=label)
+                        with_it = run_proof(patch, tree)
+                        console.print(f"  {label} {patch.name}: without it: {without.last_line} "
+                                      f"(exit {without.code}); with it: {with_it.last_line} "
+                                      f"(exit {with_it.code})", markup=False)  # fmt: skip
+                        if without.code == 0 or with_it.code != 0:
+                            raise PatchError(
+                                f"{patch.path}: its proof must fail without the patch and pass "
+                                f"with it; it exited {without.code} without and {with_it.code} "
+                                "with it"
+                            )
+                apply_series(series, Path(tmp) / "src", label=label)
             pin = entry.source.commit or entry.source.sha256 or entry.source.tree_sha256
+            proved = sum(1 for p in series.patches if p.proof) if args.prove else 0
             console.print(
                 f"ok {name} {version}: {len(series.patches)} patch(es) apply to "
-                f"{entry.source.kind} {pin}"
+                f"{entry.source.kind} {pin}" + (f"; {proved} proved" if proved else "")
             )
             checked += 1
     console.print(f"{checked} patch series checked")
@@ -573,6 +708,8 @@ def build_parser() -> argparse.ArgumentParser:
         "check-patches", help="apply every patch series to its locked source (fetches sources)"
     )
     check.add_argument("recipes", nargs="*", help="recipes to check (default: all)")
+    check.add_argument("--prove", action="store_true",
+                       help="run each patch's Proof: command without and with the patch")  # fmt: skip
     _common(check)
     check.set_defaults(func=cmd_check_patches)
 
@@ -580,10 +717,35 @@ def build_parser() -> argparse.ArgumentParser:
     _build_arguments(build)
     build.add_argument("--force", action="store_true", help="rebuild even when up to date")
     build.add_argument("--dry-run", action="store_true", help="print the full plan and do nothing")
+    build.add_argument("--preflight", action="store_true",
+                       help="run up to upstream's configure step offline and check its results; "
+                            "compile nothing")  # fmt: skip
+    build.add_argument("--from-bundle", type=Path, metavar="FILE",
+                       help="build from a bundle (sparkforge bundle): verified, no network, "
+                            "a fresh workspace")  # fmt: skip
+    build.add_argument("--keep-build-dir", action="store_true",
+                       help="keep the build directory after a successful build")  # fmt: skip
+    build.add_argument("--upstream-needs", action="store_true",
+                       help="with --preflight: a need missing from the wheelhouse comes from "
+                            "upstream's published wheel of the same version (said in the log)")  # fmt: skip
     build.add_argument("--no-wait", action="store_true",
                        help="fail instead of waiting when another run holds the workspace")  # fmt: skip
     _common(build)
     build.set_defaults(func=cmd_build)
+
+    bundle = sub.add_parser(
+        "bundle", help="write one plan's verified inputs into one file for an offline machine"
+    )
+    _build_arguments(bundle)
+    bundle.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="the bundle file (default: ./<recipe>-<version>-<target>-<key>.bundle.tar.xz)",
+    )
+    bundle.add_argument("--no-wait", action="store_true")
+    _common(bundle)
+    bundle.set_defaults(func=cmd_bundle, dry_run=False, bundle=True)
 
     build_all = sub.add_parser(
         "build-all", help="build every recipe in dependency order; a table of results"

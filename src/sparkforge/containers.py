@@ -87,8 +87,10 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else "no output"
 
 
-def find_engine(choice: str | None, settings: EnginesFile) -> Engine:
-    """The engine to use: ``--engine`` if given, else docker, else podman (on PATH)."""
+def find_engine(choice: str | None, settings: EnginesFile, *, required: bool = True) -> Engine:
+    """The engine to use: ``--engine`` if given, else docker, else podman (on PATH).
+
+    With ``required=False`` (dry runs) a missing engine is named but not looked up."""
     if choice is not None and choice not in ENGINES:
         raise ConfigError(f"--engine: '{choice}' is not one of {', '.join(ENGINES)}")
     for name in [choice] if choice else ENGINES:
@@ -96,6 +98,9 @@ def find_engine(choice: str | None, settings: EnginesFile) -> Engine:
         path = shutil.which(name)
         if path:
             return Engine(name, path, getattr(settings, name))
+    if not required:
+        name = choice or ENGINES[0]
+        return Engine(name, name, getattr(settings, name))
     wanted = choice or "docker or podman"
     raise ContainerError(
         f"no container engine found ({wanted} is not on PATH): install one (on a DGX Spark: "

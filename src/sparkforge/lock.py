@@ -74,6 +74,7 @@ class LockedAsset(StrictModel):
     ref: str | None = None
     commit: str | None = None
     submodules: bool = False
+    exclude: list[str] = Field(default_factory=list)  # paths not checked out (git assets)
     env: str | None = None
     platform: str | None = None
     origin: str | None = None  # the manifest it was expanded from, if any
@@ -115,6 +116,31 @@ class LockedRequirement(StrictModel):
         return f"{self.name}=={self.version} {hashes}"
 
 
+class DeclaredPin(StrictModel):
+    """A requirement upstream states on a project this repository also builds."""
+
+    requirement: str
+    file: str  # where upstream states it (a path in the pinned source)
+
+
+class UpstreamDeclared(StrictModel):
+    """What upstream declares for its build and its pairings, read from the pinned source.
+
+    ``read_from`` says where the record came from: the pinned source itself
+    (``sparkforge lock``), or public records named there when the source could not be
+    read (``seeded: …``); a lock that reaches the source replaces a seeded record.
+    """
+
+    read_from: str
+    build_backend: str
+    build_requires: list[str] = Field(default_factory=list)
+    pins: list[DeclaredPin] = Field(default_factory=list)
+
+    @property
+    def seeded(self) -> bool:
+        return self.read_from.startswith("seeded")
+
+
 class LockEntry(StrictModel):
     inputs_sha256: str = Field(pattern=SHA256_HEX)
     source_date_epoch: int = Field(ge=0)
@@ -122,6 +148,10 @@ class LockEntry(StrictModel):
     patches: list[LockedPatch] = Field(default_factory=list)
     build_requires: list[LockedRequirement] = Field(default_factory=list)
     assets: list[LockedAsset] = Field(default_factory=list)
+    upstream: UpstreamDeclared | None = None
+    # Set when the entry was seeded from public records (named here) instead of being
+    # resolved against the source; `sparkforge lock` with network clears it.
+    seeded: str | None = None
 
     def fingerprint(self) -> str:
         """sha256 of the entry itself (part of the build key)."""
@@ -144,7 +174,10 @@ def inputs_fingerprint(recipe: Recipe, version: str, series: PatchSeries) -> str
     source = spec.source.model_dump(mode="json")
     if source["pypi"] is None:
         del source["pypi"]
-    version_spec = spec.versions[version].model_dump(mode="json", exclude={"env"})
+    # Which versions of the needed recipes it builds against is a build-key matter too.
+    version_spec = spec.versions[version].model_dump(
+        mode="json", exclude={"env", "needs", "runtime"}
+    )
     for key in ("assets", "manifests"):
         if not version_spec[key]:
             del version_spec[key]
@@ -155,6 +188,10 @@ def inputs_fingerprint(recipe: Recipe, version: str, series: PatchSeries) -> str
         "build_requires": spec.build.requires,
         "patches": [(p.name, p.sha256) for p in series.patches],
     }
+    # Where upstream's declarations are read from (not the waivers: a plan-time matter).
+    upstream = spec.upstream.model_dump(mode="json", exclude={"waive"}, exclude_defaults=True)
+    if upstream:
+        blob["upstream"] = upstream
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
 
 
@@ -197,6 +234,11 @@ def write_lock(path: Path, lock: LockFile) -> None:
         name: {version: data["recipes"][name][version] for version in sorted(data["recipes"][name])}
         for name in sorted(data["recipes"])
     }
+    for versions in data["recipes"].values():
+        for entry in versions.values():
+            for asset in entry.get("assets", []):
+                if not asset.get("exclude"):  # keys added later stay out while unset
+                    asset.pop("exclude", None)
     header = (
         "# Written by `sparkforge lock` (nox -s lock). Facts only: commit SHAs, sha256 of\n"
         "# every archive, tree and patch, exact build requirements. Do not edit by hand.\n"
@@ -224,6 +266,11 @@ def entry_for(
                 f"({(locked.get(patch.name) or 'absent')[:12]}…); review the patch, then {fix}"
             )
     expected = inputs_fingerprint(recipe, version, series)
+    if entry.upstream is None:
+        raise LockError(
+            f"{lock_path}: lock entry for {recipe.name} {version} has no record of upstream's "
+            f"declarations (written by an older sparkforge); {fix}"
+        )
     if entry.inputs_sha256 != expected:
         raise LockError(
             f"{lock_path}: lock entry for {recipe.name} {version} is stale (the recipe's source, "

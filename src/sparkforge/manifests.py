@@ -74,10 +74,13 @@ _LLVM_BLOB = "https://oaitriton.blob.core.windows.net/public/llvm-builds"
 def triton_llvm(read: ReadFile) -> list[ManifestAsset]:
     """Triton's prebuilt LLVM, one archive per platform, from ``cmake/llvm-info.json``.
 
-    The file names the LLVM commit (``llvm_hash``) and the sha256 of each system's
-    archive (``sha256sum``); the archive comes from ``release_base_url`` when the file
-    gives one, else from triton's public blob store. It is unpacked and handed to the
-    build as ``LLVM_SYSPATH``. A wrong URL fails the download or the sha256 check.
+    The file names the LLVM commit (``llvm_hash``), the build of it (``build_number``)
+    and the sha256 of each system's archive (``sha256sum``). Triton's
+    ``python/build_helpers.py`` (``get_llvm_package_info``) downloads
+    ``llvm-{hash[:8]}-{system}-{build_number}.tar.gz``, from ``release_base_url`` when
+    the file gives one, else from its public blob store; the archive's top directory
+    has the same name and is dropped when staged, so ``LLVM_SYSPATH`` points at the
+    tree itself. A wrong URL fails the download or the sha256 check.
     """
     where = "cmake/llvm-info.json"
     try:
@@ -94,21 +97,25 @@ def triton_llvm(read: ReadFile) -> list[ManifestAsset]:
     if not _SHA1.match(llvm_hash):
         raise LockError(f"{where}: 'llvm_hash' is not a 40-hex commit")
     sums = info.get("sha256sum")
+    build_number = info.get("build_number")
+    if not isinstance(build_number, int) or isinstance(build_number, bool) or build_number < 0:
+        raise LockError(f"{where}: 'build_number' is not a whole number ({build_number!r})")
     base = str(info.get("release_base_url") or _LLVM_BLOB).rstrip("/")
     assets = []
     for platform, system in _LLVM_SYSTEMS.items():
         sha256 = str(sums.get(system, "")).lower() if isinstance(sums, dict) else ""
         if not _SHA256.match(sha256):
             raise LockError(f"{where}: no sha256 for '{system}' under 'sha256sum'")
-        assets.append(_llvm_archive(base, llvm_hash, platform, system, sha256))
+        assets.append(_llvm_archive(base, f"llvm-{llvm_hash[:8]}-{system}-{build_number}",
+                                    platform, system, sha256))  # fmt: skip
     return assets
 
 
 def _llvm_archive(
-    base: str, llvm_hash: str, platform: str, system: str, sha256: str | None
+    base: str, name: str, platform: str, system: str, sha256: str | None
 ) -> ManifestAsset:
-    """One platform's LLVM build, unpacked at ``llvm/<system>``."""
-    return ManifestAsset(name=f"llvm-{system}", url=f"{base}/llvm-{llvm_hash[:8]}-{system}.tar.gz",
+    """One platform's LLVM build ``name`` (also its top directory), unpacked at ``llvm/<system>``."""
+    return ManifestAsset(name=f"llvm-{system}", url=f"{base}/{name}.tar.gz",
                          dest=f"llvm/{system}", sha256=sha256, unpack=True, platform=platform)  # fmt: skip
 
 
@@ -125,8 +132,9 @@ def _triton_llvm_hash_only(read: ReadFile) -> list[ManifestAsset]:
         ) from None
     if not _SHA1.match(llvm_hash):
         raise LockError(f"{where}: {llvm_hash[:60]!r} is not a 40-hex commit")
+    # setup.py of that era: name = f"llvm-{rev}-{system_suffix}", no build number.
     return [
-        _llvm_archive(_LLVM_BLOB, llvm_hash, platform, system, None)
+        _llvm_archive(_LLVM_BLOB, f"llvm-{llvm_hash[:8]}-{system}", platform, system, None)
         for platform, system in _LLVM_SYSTEMS.items()
     ]
 

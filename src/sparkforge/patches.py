@@ -29,6 +29,9 @@ class Patch:
     path: Path
     sha256: str
     why: str
+    # A command that fails without the patch and passes with it (header ``Proof:``), run in
+    # the source tree; ``{python}`` and ``{patch_dir}`` are filled in.
+    proof: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,8 +85,10 @@ def load_series(project: Path, recipe: str, version: str) -> PatchSeries:
                 "say why the patch exists and when it can be dropped"
             )
         why = next(line for line in header.splitlines() if line.lower().lstrip().startswith("why:"))
+        proof = next((line.split(":", 1)[1].strip() for line in header.splitlines()
+                      if line.lower().lstrip().startswith("proof:")), None)  # fmt: skip
         patches.append(
-            Patch(name, path, hashlib.sha256(data).hexdigest(), why.split(":", 1)[1].strip())
+            Patch(name, path, hashlib.sha256(data).hexdigest(), why.split(":", 1)[1].strip(), proof)
         )
     unlisted = sorted(p.name for p in directory.glob("*.patch") if p.name not in listed)
     if unlisted:
@@ -110,12 +115,37 @@ def _failed_hunk(patch: Path, stderr: str) -> str:
     return f"hunk at {target}:{line}"
 
 
-def apply_series(series: PatchSeries, tree: Path, *, label: str) -> None:
-    """Check and apply each patch in order to ``tree``; ``label`` names recipe and version."""
+@dataclass(frozen=True)
+class ProofOutcome:
+    code: int
+    last_line: str
+
+
+def run_proof(patch: Patch, tree: Path) -> ProofOutcome:
+    """Run ``patch``'s proof command in ``tree``; its exit code and last output line."""
+    import shlex
+    import sys
+
+    assert patch.proof is not None
+    argv = [word.replace("{python}", sys.executable).replace("{patch_dir}", str(patch.path.parent))
+            for word in shlex.split(patch.proof)]  # fmt: skip
+    try:
+        done = subprocess.run(argv, cwd=tree, capture_output=True, text=True, timeout=600)
+    except FileNotFoundError:
+        raise PatchError(f"{patch.path}: proof command {argv[0]} not found") from None
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    return ProofOutcome(done.returncode, lines[-1] if lines else "(no output)")
+
+
+def apply_series(series: PatchSeries, tree: Path, *, label: str, upto: str | None = None) -> None:
+    """Check and apply each patch in order to ``tree`` (those before ``upto`` only, if
+    given); ``label`` names recipe and version."""
     # Outside a checkout, git apply must not find an enclosing repository and apply
     # paths relative to it; the ceiling stops the search at the tree itself.
     env = {**os.environ, "GIT_CEILING_DIRECTORIES": str(tree.resolve().parent)}
     for patch in series.patches:
+        if patch.name == upto:
+            return
         base = ["git", "apply", "-p1", "--whitespace=nowarn"]
         check = subprocess.run(
             [*base, "--check", "--verbose", str(patch.path)],

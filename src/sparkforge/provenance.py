@@ -84,6 +84,12 @@ def statement(
                     "target": plan.target.identity(),
                     "cuda_archs": [a.cmake for a in plan.archs],
                     "allow_arch_gaps": plan.options.allow_arch_gaps,
+                    "needs": {
+                        n: {"version": plan.need_versions.get(n, ""), "build_key": k}
+                        for n, k in plan.need_keys.items()
+                    },
+                    "installed_needs": plan.installed_needs,
+                    "unreviewed": list(plan.unreviewed),
                 },
                 "internalParameters": {
                     "build_key": plan.build_key,

@@ -40,6 +40,9 @@ TEMPLATE_VARIABLES: dict[str, str] = {
     "version": "the recipe version being built",
     "target": "the target name",
     "platform": "the target platform tag, e.g. linux_aarch64",
+    "runtime_requires": "[runtime] requires joined by ' | ' (PyTorch's PYTORCH_EXTRA_INSTALL_REQUIREMENTS form)",
+    "multiarch": "the target's Debian multiarch triple, e.g. aarch64-linux-gnu",
+    "cuda_arch_list_a": "space-separated X.Y archs, arch-specific (a) from 9.0 on: FlashInfer's form, e.g. 9.0a 12.1a",
 }
 RECIPE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
@@ -111,6 +114,9 @@ class AssetSpec(StrictModel):
     git: str | None = None  # a repository, pinned by commit at lock time
     ref: str | None = None  # tag, branch or commit of a git asset
     submodules: bool = False
+    # Paths (from the asset's root, across submodules) the build never reads: not checked
+    # out, and a submodule under one is not fetched (e.g. CUTLASS's media/ and docs/).
+    exclude: list[str] = Field(default_factory=list)
     unpack: bool = False  # extract the archive (else it is staged as the file itself)
     env: str | None = Field(default=None, pattern=ENV_NAME)  # receives the staged path
     platform: PLATFORMS | None = None  # staged only for targets of this platform
@@ -121,8 +127,12 @@ class AssetSpec(StrictModel):
             raise ValueError("give exactly one of 'url' or 'git'")
         if self.git is not None and not self.ref:
             raise ValueError("a git asset needs a 'ref' (tag, branch or commit)")
-        if self.url is not None and (self.ref or self.submodules):
-            raise ValueError("'ref' and 'submodules' only apply to a git asset")
+        if self.url is not None and (self.ref or self.submodules or self.exclude):
+            raise ValueError("'ref', 'submodules' and 'exclude' only apply to a git asset")
+        for path in self.exclude:
+            parts = path.strip("/").split("/")
+            if not path.strip("/") or ".." in parts or path.startswith("/"):
+                raise ValueError(f"exclude path '{path}' must be relative and inside the asset")
         if self.git is not None and self.unpack:
             raise ValueError("'unpack' only applies to a url asset")
         return self
@@ -135,12 +145,24 @@ class ManifestSpec(StrictModel):
     env: str | None = Field(default=None, pattern=ENV_NAME)  # receives the staging directory
 
 
+def _check_requirements(value: list[str]) -> list[str]:
+    for item in value:
+        try:
+            Requirement(item)
+        except InvalidRequirement as exc:
+            raise ValueError(f"'{item}' is not a valid requirement ({exc})") from None
+    return value
+
+
 class VersionSpec(StrictModel):
     ref: str | None = None
     default: bool = False
+    # Versions of needed recipes this version builds against (default: their default version).
+    needs: dict[str, str] = Field(default_factory=dict)
     assets: dict[str, AssetSpec] = Field(default_factory=dict)
     manifests: list[ManifestSpec] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)  # added to [build.env] for this version
+    runtime: list[str] = Field(default_factory=list)  # added to [runtime] requires for this version
 
     @field_validator("assets")
     @classmethod
@@ -155,6 +177,11 @@ class VersionSpec(StrictModel):
     def _env(cls, value: dict[str, str]) -> dict[str, str]:
         return _check_env(value)
 
+    @field_validator("runtime")
+    @classmethod
+    def _runtime(cls, value: list[str]) -> list[str]:
+        return _check_requirements(value)
+
 
 class BuildSpec(StrictModel):
     requires: list[str] = Field(default_factory=list)
@@ -168,12 +195,7 @@ class BuildSpec(StrictModel):
     @field_validator("requires")
     @classmethod
     def _requirements(cls, value: list[str]) -> list[str]:
-        for item in value:
-            try:
-                Requirement(item)
-            except InvalidRequirement as exc:
-                raise ValueError(f"'{item}' is not a valid requirement ({exc})") from None
-        return value
+        return _check_requirements(value)
 
     @field_validator("command")
     @classmethod
@@ -204,8 +226,99 @@ class BuildSpec(StrictModel):
         return value
 
 
+class UpstreamSpec(StrictModel):
+    """Where upstream declares what its build needs and what its release pairs with.
+
+    Read from the pinned source at lock time and recorded in the lock (``upstream``);
+    plans are checked against that record offline (see consistency.py).
+    """
+
+    # The directory (in the source) whose pyproject.toml the build front-end builds.
+    project: str = ""
+    # Files of the pinned source in pip requirement format: pins on paired projects.
+    requirements: list[str] = Field(default_factory=list)
+    # Files holding only a version, and the project it is the version of
+    # (e.g. PyTorch's .ci/docker/triton_version.txt names the triton it pairs with).
+    version_files: dict[str, str] = Field(default_factory=dict)  # path -> project
+    # Declared requirements this recipe deliberately does not follow: project -> the reason.
+    waive: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("waive")
+    @classmethod
+    def _reasons(cls, value: dict[str, str]) -> dict[str, str]:
+        for project, reason in value.items():
+            if len(reason.split()) < 3:
+                raise ValueError(f"waiving '{project}' needs a reason of a few words")
+        return value
+
+
+class RuntimeSpec(StrictModel):
+    """What the wheel needs at run time: it must declare these (Requires-Dist)."""
+
+    requires: list[str] = Field(default_factory=list)
+
+    @field_validator("requires")
+    @classmethod
+    def _requirements(cls, value: list[str]) -> list[str]:
+        return _check_requirements(value)
+
+
+CONFIGURE_OUTPUT = "configure output"
+
+
+class ExpectSpec(StrictModel):
+    """A feature the recipe promises, as a line the configure step must write."""
+
+    feature: str  # e.g. "cuDNN"
+    # Templated path of a file the configure step writes, or "configure output".
+    file: str = CONFIGURE_OUTPUT
+    pattern: str  # a regular expression one line must match
+    absent: bool = False  # the feature is on when NO line matches (e.g. a "turning it off" warning)
+
+    @field_validator("file")
+    @classmethod
+    def _templated(cls, value: str) -> str:
+        return _check_template(value)
+
+    @field_validator("pattern")
+    @classmethod
+    def _regex(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"'{value}' is not a regular expression ({exc})") from None
+        return value
+
+
+class PreflightSpec(StrictModel):
+    """Upstream's configure step, run offline before any compile (``--preflight``)."""
+
+    # Run the build front-end's own dependency check (pypa/build) on this directory
+    # of the source tree ("." for the top); empty when the build does not use it.
+    frontend: str = ""
+    configure: list[str] = Field(default_factory=list)
+    # Files the configure step writes that hold the generated CUDA compile flags.
+    flags: list[str] = Field(default_factory=list)
+    expect: list[ExpectSpec] = Field(default_factory=list)
+
+    @field_validator("configure")
+    @classmethod
+    def _commands(cls, value: list[str]) -> list[str]:
+        return BuildSpec._commands(value)
+
+    @field_validator("flags")
+    @classmethod
+    def _files(cls, value: list[str]) -> list[str]:
+        for item in value:
+            _check_template(item)
+        return value
+
+
 class RepairSpec(StrictModel):
     exclude: list[str] = Field(default_factory=list)
+    # After auditwheel: libraries (globs inside the wheel) -> RPATH entries put in front,
+    # e.g. where the nvidia-* wheels the wheel declares install their libraries.
+    rpath: dict[str, list[str]] = Field(default_factory=dict)
 
 
 class SmokeSpec(StrictModel):
@@ -233,12 +346,21 @@ class RecipeFile(StrictModel):
     build: BuildSpec
     repair: RepairSpec = RepairSpec()
     smoke: SmokeSpec = SmokeSpec()
+    upstream: UpstreamSpec = UpstreamSpec()
+    runtime: RuntimeSpec = RuntimeSpec()
+    preflight: PreflightSpec = PreflightSpec()
 
     @model_validator(mode="after")
     def _versions(self) -> RecipeFile:
         defaults = [v for v, spec in self.versions.items() if spec.default]
         if len(self.versions) > 1 and len(defaults) != 1:
             raise ValueError("with several versions, exactly one must have default = true")
+        for version, spec in self.versions.items():
+            unknown = sorted(set(spec.needs) - set(self.needs))
+            if unknown:
+                raise ValueError(
+                    f"version '{version}' pins needs.{unknown[0]}, which is not in 'needs'"
+                )
         if self.source.git is not None:
             missing = [v for v, spec in self.versions.items() if not spec.ref]
             if missing:
@@ -269,6 +391,14 @@ class Recipe:
     def extra_archs(self) -> tuple[CudaArch, ...]:
         where = f"{self.path}: key 'build.cuda_archs'"
         return tuple(parse_arch(a, where=where) for a in self.spec.build.cuda_archs)
+
+    def runtime_requires(self, version: str) -> list[str]:
+        """What the wheel of ``version`` must declare at run time."""
+        return [*self.spec.runtime.requires, *self.spec.versions[version].runtime]
+
+    def need_version(self, version: str, need: str) -> str | None:
+        """The version of ``need`` that ``version`` builds against (None: its default)."""
+        return self.spec.versions[version].needs.get(need)
 
     def default_version(self) -> str:
         for version, spec in self.spec.versions.items():
@@ -309,5 +439,13 @@ def load_recipe(project: Path, name: str) -> Recipe:
     for need in spec.needs:
         if not is_file(project / "recipes" / need / "recipe.toml"):
             raise ConfigError(f"{path}: key 'needs': no recipe '{need}' in {project / 'recipes'}")
+    for version, version_spec in spec.versions.items():
+        for need, wanted in version_spec.needs.items():
+            listed = read_toml(project / "recipes" / need / "recipe.toml", what="recipe")
+            if wanted not in listed.get("versions", {}):
+                raise ConfigError(
+                    f"{path}: key 'versions.{version}.needs.{need}': recipe '{need}' has no "
+                    f"version '{wanted}'; add it to recipes/{need}/recipe.toml or pin a listed one"
+                )
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return Recipe(spec=spec, path=path, directory=directory, digest=digest)

@@ -28,10 +28,11 @@ from .lock import (
 )
 from .manifests import EXPANDERS
 from .patches import PatchSeries
-from .recipes import Recipe
+from .recipes import Recipe, available_recipes, load_recipe
 from .sources import read_locked_file, resolve_git_asset, url_asset_sha256
 from .sources import resolve as resolve_source
 from .targets import Target
+from .upstream import read_declarations
 from .workspace import Workspace
 
 
@@ -113,24 +114,40 @@ def lock_entry(
     previous: LockEntry | None,
     upgrade: bool,
 ) -> LockEntry:
-    """Resolve one recipe version into a lock entry."""
+    """Resolve one recipe version into a lock entry.
+
+    An entry seeded from public records (``seeded``) is resolved afresh against the
+    source, which confirms it (or shows what differs in the lock's diff).
+    """
     fingerprint = inputs_fingerprint(recipe, version, series)
+    if previous is not None and previous.seeded:
+        previous = previous.model_copy(update={"assets": [], "upstream": None})
     previous_source: LockedSource | None = previous.source if previous else None
     resolved = resolve_source(
         project, recipe, version, workspace, upgrade=upgrade, previous=previous_source
     )
     # Same inputs, same pinned source, no upgrade: nothing to re-resolve.
-    if (
+    unchanged = (
         previous is not None
         and previous.inputs_sha256 == fingerprint
         and previous.source == resolved.source
         and not upgrade
-    ):
+    )
+    if unchanged and previous is not None and not previous.seeded:
         requirements, assets = previous.build_requires, previous.assets
     else:
         requirements = resolve_requirements(recipe.spec.build.requires, targets)
         assets = resolve_assets(project, recipe, version, resolved.source, workspace,
                                 previous=previous.assets if previous and not upgrade else [])  # fmt: skip
+    upstream = previous.upstream if unchanged and previous is not None else None
+    if upstream is None:
+        pin = resolved.source.commit or resolved.source.sha256 or resolved.source.tree_sha256
+        upstream = read_declarations(
+            lambda rel: read_locked_file(project, recipe, resolved.source, workspace, rel),
+            recipe.spec.upstream,
+            built_here(project),
+            where=f"{recipe.name} {version} ({resolved.source.kind} {pin})",
+        )
     return LockEntry(
         inputs_sha256=fingerprint,
         source_date_epoch=resolved.source_date_epoch,
@@ -138,7 +155,13 @@ def lock_entry(
         patches=[LockedPatch(name=p.name, sha256=p.sha256) for p in series.patches],
         build_requires=requirements,
         assets=assets,
+        upstream=upstream,
     )
+
+
+def built_here(project: Path) -> list[str]:
+    """The distributions this repository's recipes build."""
+    return [load_recipe(project, name).spec.dist for name in available_recipes(project)]
 
 
 def resolve_assets(
@@ -166,7 +189,8 @@ def resolve_assets(
                 else resolve_git_asset(workspace, asset.git, str(asset.ref))
             )
             assets.append(LockedAsset(kind="git", git=asset.git, ref=asset.ref, commit=commit,
-                                      submodules=asset.submodules, **common))  # fmt: skip
+                                      submodules=asset.submodules, exclude=asset.exclude,
+                                      **common))  # fmt: skip
         else:
             url = str(asset.url)
             same = old is not None and old.url == url and old.sha256 is not None

@@ -21,7 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from .buildenv import build_env, requirements_text, stage_tools, stage_wheels
+from .buildenv import (
+    build_env,
+    env_contents,
+    is_complete,
+    requirements_text,
+    stage_tools,
+    stage_wheels,
+)
+from .builderlibs import container_libraries, host_libraries
+from .consistency import BuilderLibraries
 from .containers import (
     BuilderImage,
     ContainerError,
@@ -70,15 +79,24 @@ class Runner(Protocol):
         workspace: Workspace,
         sink: LineSink,
         local_wheels: Sequence[Path] = (),
+        site_dirs: Sequence[str] = (),
     ) -> None:
         """Create the build venv at ``final`` with exactly the locked requirements, plus
-        ``local_wheels`` (this wheelhouse's builds of what the recipe needs), without deps."""
+        ``local_wheels`` (this wheelhouse's builds of what the recipe needs), without deps,
+        and ``site_dirs`` (where installed needs live) on its path after its own packages."""
+
+    def installed(self, target: Target, dist: str) -> tuple[str, str]:
+        """(version, site-packages directory) of ``dist`` in the build interpreter's
+        environment; ConfigError when it has none."""
 
     def auditwheel(self, sink: LineSink) -> tuple[Sequence[str] | None, Executor | None]:
         """The auditwheel command and where to run it (None, None: here)."""
 
     def has_ccache(self) -> bool:
         """Whether ccache is available where build commands run."""
+
+    def libraries(self, target: Target) -> BuilderLibraries | None:
+        """The CUDA libraries builds compile against (None: unknown here)."""
 
 
 def _output(argv: Sequence[str]) -> str:
@@ -153,15 +171,35 @@ class HostRunner:
         workspace: Workspace,
         sink: LineSink,
         local_wheels: Sequence[Path] = (),
+        site_dirs: Sequence[str] = (),
     ) -> None:
         python = self.python(target.python)
-        build_env(python, self._version_of(python), requirements, final, local_wheels)
+        build_env(python, self._version_of(python), requirements, final, local_wheels,
+                  site_dirs, find_links=workspace.bundle_wheels)  # fmt: skip
+
+    def installed(self, target: Target, dist: str) -> tuple[str, str]:
+        python = self.python(target.python)
+        code = ("import importlib.metadata as m, sys\n"
+                "try:\n    d = m.distribution(sys.argv[1])\nexcept m.PackageNotFoundError:\n"
+                "    sys.exit(3)\nprint(d.version)\nprint(d.locate_file(''))\n")  # fmt: skip
+        done = subprocess.run([python, "-c", code, dist], capture_output=True, text=True)
+        lines = done.stdout.split()
+        if done.returncode != 0 or len(lines) != 2:
+            raise ConfigError(
+                f"--installed-need: {python} (the build interpreter for Python {target.python}) "
+                f"has no {dist} installed; install it there, point SPARKFORGE_PYTHON at an "
+                "interpreter that has it, or build it with sparkforge"
+            )
+        return lines[0], str(Path(lines[1]).resolve())
 
     def auditwheel(self, sink: LineSink) -> tuple[Sequence[str] | None, Executor | None]:
         return None, None
 
     def has_ccache(self) -> bool:
         return shutil.which("ccache") is not None
+
+    def libraries(self, target: Target) -> BuilderLibraries | None:
+        return host_libraries(target.cuda_home, platform.machine())
 
     def python(self, version: str) -> str:
         if version not in self._pythons:
@@ -350,13 +388,17 @@ class ContainerRunner:
         workspace: Workspace,
         sink: LineSink,
         local_wheels: Sequence[Path] = (),
+        site_dirs: Sequence[str] = (),
     ) -> None:
         """Stage the locked wheels on the host, then install them offline in the image."""
+        if site_dirs:
+            raise ConfigError("--installed-need works with the host runner only")
         text = requirements_text(requirements)
-        if (final / ".complete").exists():
+        if is_complete(final, env_contents(requirements, local_wheels)):
             return
         wheels = workspace.root / "wheels" / target.manylinux / f"py{target.python}"
-        stage_wheels(requirements, python=target.python, manylinux=target.manylinux, dest=wheels)
+        stage_wheels(requirements, python=target.python, manylinux=target.manylinux, dest=wheels,
+                     find_links=workspace.bundle_wheels)  # fmt: skip
         if final.exists():
             shutil.rmtree(final)
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -378,7 +420,13 @@ class ContainerRunner:
                     f"(`{' '.join(argv[:4])} …` failed); see the log"
                 )
         req_file.unlink()
-        (final / ".complete").write_text(text)
+        (final / ".complete").write_text(env_contents(requirements, local_wheels))
+
+    def installed(self, target: Target, dist: str) -> tuple[str, str]:
+        raise ConfigError(
+            "--installed-need works with the host runner only: the builder image installs "
+            "nothing but the locked requirements and this wheelhouse's wheels"
+        )
 
     def auditwheel(self, sink: LineSink) -> tuple[Sequence[str] | None, Executor | None]:
         def execute(argv: list[str], env: dict[str, str]) -> tuple[int, list[str]]:
@@ -399,6 +447,11 @@ class ContainerRunner:
 
     def has_ccache(self) -> bool:
         return True  # Dockerfile.builder installs it
+
+    def libraries(self, target: Target) -> BuilderLibraries | None:
+        return container_libraries(
+            self.dockerfile.parent, self.dockerfile, self.base_image, self.build_args
+        )
 
     def run(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, sink: LineSink,
             timeout: float | None = None, gpus: bool = False, network: bool = False,

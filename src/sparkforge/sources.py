@@ -18,6 +18,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import posixpath
 import re
 import shutil
 import subprocess
@@ -158,23 +159,6 @@ def _resolve_ref(repo: git.Repo, url: str, ref: str) -> str:
         ) from None
 
 
-def check_submodules(repo: git.Repo, url: str) -> None:
-    """Every submodule must be at exactly the commit its superproject records.
-
-    ``git submodule status`` marks a checkout at another commit with ``+`` and an
-    uninitialized one with ``-`` (``U``: merge conflict); any of them is refused.
-    """
-    for line in str(repo.git.submodule("status", "--recursive")).splitlines():
-        if line[:1] in "+-U" and line.strip():
-            commit, path = line[1:].split()[:2]
-            state = {"+": f"is at {commit}, not the commit", "-": "is not checked out at the commit",
-                     "U": "has conflicts instead of the commit"}[line[0]]  # fmt: skip
-            raise SourceError(
-                f"{url}: submodule {path} {state} the superproject records; refusing the tree "
-                "(delete the build directory and retry; report it if it persists)"
-            )
-
-
 # ----------------------------------------------------------------- url sources
 
 
@@ -247,23 +231,92 @@ def _extract(path: Path, dest: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _checkout(workspace: Workspace, url: str, commit: str, dest: Path, submodules: bool) -> None:
-    """A work tree of ``url`` at exactly ``commit`` (submodules at the recorded commits)."""
+def _checkout(
+    workspace: Workspace,
+    url: str,
+    commit: str,
+    dest: Path,
+    submodules: bool,
+    exclude: Sequence[str] = (),
+) -> None:
+    """A work tree of ``url`` at exactly ``commit``; submodules at the commits it records.
+
+    Every repository, submodules included, comes from its bare mirror in the workspace
+    (so a bundle's mirrors serve an offline machine). ``exclude`` paths (from this
+    tree's root, across submodule boundaries) are not checked out (sparse checkout), and
+    a submodule under one is not fetched at all.
+    """
     repo = _mirror(workspace, url)
     _ensure_commit(repo, url, commit)
     try:
-        checkout = git.Repo.clone_from(repo.git_dir, dest, no_checkout=True)
+        # The work tree's repository borrows the mirror's objects (alternates): nothing is
+        # copied, and a mirror holding only what a checkout reads (a bundle's) serves it.
+        dest.mkdir(parents=True, exist_ok=True)
+        checkout = git.Repo.init(dest)
+        objects = Path(checkout.git_dir) / "objects"
+        (objects / "info").mkdir(parents=True, exist_ok=True)
+        (objects / "info" / "alternates").write_text(f"{Path(repo.git_dir, 'objects').resolve()}\n")
+        if (Path(repo.git_dir) / "shallow").is_file():  # history the mirror does not have
+            shutil.copyfile(Path(repo.git_dir) / "shallow", Path(checkout.git_dir) / "shallow")
+        if exclude:
+            patterns = [f"!/{path.strip('/')}/" for path in exclude]
+            checkout.git.sparse_checkout("set", "--no-cone", "/*", *patterns)
         checkout.git.checkout("--detach", commit)
-        if submodules:
-            # Submodules are fetched from their own upstreams here, before the build starts.
-            checkout.git.submodule("update", "--init", "--recursive", "--jobs", "4")
-            check_submodules(checkout, url)
     except git.GitCommandError as exc:
         raise SourceError(f"cannot check out {url} at {commit}: {_git_reason(exc)}") from None
     if checkout.head.commit.hexsha != commit:
         raise SourceError(
             f"{dest}: checkout is at {checkout.head.commit.hexsha}, lock says {commit}"
         )
+    if submodules:
+        for path, sub_url, sub_commit in _submodule_urls(checkout, url, commit):
+            if any(path == e.strip("/") or path.startswith(e.strip("/") + "/") for e in exclude):
+                continue
+            inner = [
+                e.strip("/")[len(path) + 1 :]
+                for e in exclude
+                if e.strip("/").startswith(path + "/")
+            ]
+            target = dest / path
+            shutil.rmtree(target, ignore_errors=True)
+            _checkout(workspace, sub_url, sub_commit, target, True, inner)
+
+
+def _submodule_urls(repo: git.Repo, url: str, commit: str) -> list[tuple[str, str, str]]:
+    """(path, URL, recorded commit) of each submodule of ``commit`` in ``repo`` (a mirror
+    or a checkout): .gitmodules and the gitlinks of that commit's tree."""
+    try:
+        text = str(repo.git.show(f"{commit}:.gitmodules"))
+    except git.GitCommandError:
+        return []
+    with tempfile.NamedTemporaryFile("w", suffix=".gitmodules") as handle:
+        handle.write(text + "\n")
+        handle.flush()
+        try:
+            listed = str(repo.git.config("-f", handle.name, "--get-regexp",
+                                         r"^submodule\..*\.(path|url)$"))  # fmt: skip
+        except git.GitCommandError:
+            return []
+    paths: dict[str, str] = {}
+    urls: dict[str, str] = {}
+    for line in listed.splitlines():
+        key, _, value = line.partition(" ")
+        name, _, field = key.removeprefix("submodule.").rpartition(".")
+        (paths if field == "path" else urls)[name] = value.strip()
+    found = []
+    for name, path in sorted(paths.items(), key=lambda item: item[1]):
+        entry = str(repo.git.ls_tree(commit, "--", path)).split()
+        if len(entry) < 3 or entry[1] != "commit":
+            continue  # listed in .gitmodules but not a gitlink at this commit
+        sub_url = urls.get(name, "")
+        if sub_url.startswith(("./", "../")):  # relative to the superproject's URL
+            base = url.rstrip("/")
+            sub_url = posixpath.normpath(posixpath.join(base, sub_url))
+            sub_url = sub_url.replace(":/", "://", 1) if "://" in base else sub_url
+        if not sub_url:
+            raise SourceError(f"{url}: submodule {path} has no URL in .gitmodules")
+        found.append((path, sub_url, entry[2]))
+    return found
 
 
 # ------------------------------------------------------------------ public API
@@ -421,7 +474,8 @@ def stage_assets(
         dest = root / asset.dest
         dest.parent.mkdir(parents=True, exist_ok=True)
         if asset.kind == "git":
-            _checkout(workspace, str(asset.git), str(asset.commit), dest, asset.submodules)
+            _checkout(workspace, str(asset.git), str(asset.commit), dest, asset.submodules,
+                      asset.exclude)  # fmt: skip
         else:
             url = str(asset.url)
             path = _archive_path(workspace, url)

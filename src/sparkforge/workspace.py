@@ -35,6 +35,17 @@ class Workspace:
         return self.root / "git"
 
     @property
+    def bundle_wheels(self) -> Path | None:
+        """The locked build requirements of a bundle this workspace was seeded from."""
+        path = self.root / "bundle-wheels"
+        return path if path.is_dir() else None
+
+    def bundle_need(self, key: str) -> Path | None:
+        """A bundle's copy of the wheel a needed recipe's build with ``key`` published."""
+        found = sorted((self.root / "bundle-needs" / key).glob("*.whl"))
+        return found[0] if found else None
+
+    @property
     def downloads(self) -> Path:
         return self.root / "downloads"
 

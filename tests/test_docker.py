@@ -1,0 +1,120 @@
+"""docker for real: the DGX Spark's engine. Debian's docker.io daemon runs here (no
+iptables, no bridge, vfs storage); the amd64 stand-in is imported into it, the stand-in
+fails where NVIDIA's base fails, Dockerfile.builder builds on it, and the container runner
+builds the probe with docker to the same bytes as the host runner."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, copy_project
+from sparkforge.cli import main
+
+pytestmark = [pytest.mark.slow, pytest.mark.network]
+
+sys.path.insert(0, str(REPO / "tools"))
+from standin_base import ensure_standin, podman_run_argv  # noqa: E402
+
+SOCKET = Path("/var/run/docker.sock")
+DAEMON = ["dockerd", "--iptables=false", "--bridge=none", "--storage-driver=vfs",
+          "--data-root", "/var/lib/sparkforge-docker", "--exec-root", "/run/sparkforge-docker",
+          "-H", f"unix://{SOCKET}"]  # fmt: skip
+
+
+def _docker_answers(docker: str) -> bool:
+    return subprocess.run([docker, "info"], capture_output=True).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def docker() -> str:
+    """A docker client whose daemon answers: started here (root) when it is not running."""
+    if not shutil.which("dockerd"):
+        if os.geteuid() != 0 or not shutil.which("apt-get"):
+            pytest.skip("docker.io is not installed and cannot be installed here")
+        subprocess.run(["apt-get", "install", "-y", "-qq", "docker.io"], check=True,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})  # fmt: skip
+    docker = shutil.which("docker") or "docker"
+    if not _docker_answers(docker):
+        log = open("/tmp/sparkforge-dockerd.log", "ab")  # noqa: SIM115 (the daemon outlives this)
+        subprocess.Popen(DAEMON, stdout=log, stderr=log, start_new_session=True)
+        for _ in range(60):
+            if _docker_answers(docker):
+                break
+            time.sleep(1)
+        else:
+            pytest.fail("dockerd did not answer in 60 s; see /tmp/sparkforge-dockerd.log")
+    return docker
+
+
+@pytest.fixture(scope="module")
+def standin(docker: str) -> str:
+    return ensure_standin("amd64", engine=docker, log=lambda line: print(line, flush=True))
+
+
+def _build(
+    docker: str, base: str, dockerfile: str, tmp_path: Path
+) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "Dockerfile").write_text(f"FROM {base}\n{dockerfile}\n")
+    return subprocess.run([docker, "build", "--network", "host", "-t", "sparkforge-test-old",
+                           str(tmp_path)], capture_output=True, text=True)  # fmt: skip
+
+
+def test_the_standin_refuses_a_second_uid_1000_account(
+    docker: str, standin: str, tmp_path: Path
+) -> None:
+    """Ubuntu 24.04 images already have `ubuntu` at uid 1000: the old builder's useradd fails."""
+    done = _build(docker, standin, "RUN useradd --create-home --uid 1000 --shell /bin/bash builder",
+                  tmp_path)  # fmt: skip
+    assert done.returncode != 0
+    assert "UID 1000 is not unique" in done.stdout + done.stderr
+
+
+def test_the_standin_refuses_an_unpinned_held_package(
+    docker: str, standin: str, tmp_path: Path
+) -> None:
+    """NVIDIA holds libnccl-dev; naming it again with -y stops apt once the repo has a newer one."""
+    done = _build(docker, standin, "RUN apt-get update && apt-get install -y libnccl-dev", tmp_path)
+    assert done.returncode != 0
+    assert "held broken packages" in done.stdout + done.stderr
+
+
+def test_the_standin_offers_a_newer_cudnn_than_the_wheels_pin(docker: str, standin: str) -> None:
+    """Installing "the newest" cuDNN gives one newer than torch's runtime pin (9.13.0.50)."""
+    argv = podman_run_argv(standin, "amd64", "sh", "-c",
+                           "apt-get update -qq 2>/dev/null; apt-cache policy libcudnn9-dev-cuda-13",
+                           engine=docker, extra=["--entrypoint="])  # fmt: skip
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    assert "Candidate: 9.14.0.64-1" in out and "9.13.0.50-1" in out
+
+
+def test_docker_container_build_equals_the_host_build(
+    docker: str, standin: str, tmp_path: Path
+) -> None:
+    project = copy_project(tmp_path / "project")
+    wheels: dict[str, Path] = {}
+    common = ["sm121-probe", "--target", "hopper", "--cuda-arch", "121", "--python", "3.11",
+              "--project", str(project), "--workspace", str(tmp_path / "ws")]  # fmt: skip
+    for runner, extra in {
+        "host": ["--runner", "host"],
+        "docker": ["--runner", "container", "--engine", "docker", "--engines",
+                   str(REPO / "ci" / "engines.toml"), "--base-image", standin,
+                   "--allow-unpinned-base"],
+    }.items():  # fmt: skip
+        wheelhouse = tmp_path / f"wheelhouse-{runner}"
+        assert main(["build", *common, *extra, "--wheelhouse", str(wheelhouse)]) == 0, runner
+        (wheels[runner],) = (wheelhouse / "files").glob("*.whl")
+    assert wheels["host"].name == wheels["docker"].name
+    digests = {k: hashlib.sha256(v.read_bytes()).hexdigest() for k, v in wheels.items()}
+    assert digests["host"] == digests["docker"], digests
+    provenance = (
+        wheels["docker"].parent / (wheels["docker"].name + ".provenance.json")
+    ).read_text()
+    assert '"engine": "docker"' in provenance

@@ -1,0 +1,190 @@
+"""--preflight: sources, patches, environment, the front-end's check and upstream's
+configure step, offline, with checks on what configure produced; nothing compiled,
+nothing published. Real nvcc 13.0 and real CMake throughout."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import CliRunner, copy_project, snapshot
+from sparkforge.preflight import cuda_codes
+
+pytestmark = pytest.mark.slow
+
+PROBE = ["build", "sm121-probe", "--target", "hopper", "--cuda-arch", "121", "--preflight"]
+
+
+def _args(project: Path, tmp: Path) -> list[str | Path]:
+    return ["--project", project, "--workspace", tmp / "ws", "--wheelhouse", tmp / "wh"]
+
+
+def test_cuda_codes_read_every_nvcc_spelling() -> None:
+    text = (
+        "-gencode arch=compute_120f,code=sm_120f  --generate-code=arch=compute_90,code=[compute_90,sm_90] "
+        "-gencode=arch=compute_121a,code=sm_121a -arch=sm_80"
+    )
+    names = sorted(f"{c.kind} {c.name}" for c in cuda_codes(text))
+    assert names == ["ptx compute_80", "ptx compute_90", "sass sm_120f", "sass sm_121a",
+                     "sass sm_80", "sass sm_90"]  # fmt: skip
+
+
+def test_probe_preflight_configures_offline_and_finds_both_archs(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    project = copy_project(tmp_path / "project")
+    result = cli(*PROBE, *_args(project, tmp_path))
+    assert result.code == 0, result.out + result.err
+    out = result.out
+    assert "the build front-end (pypa/build) finds every build requirement met" in out
+    assert "sm_90: sm_90 runs sm_90 SASS" in out and "sm_121: sm_121 runs sm_121 SASS" in out
+    assert "nothing was downloaded during configure" in out
+    assert re.search(r"preflight passed: sm121-probe 0\.1\.0 in [\d.]+ s \(network: none", out)
+    assert snapshot(tmp_path / "wh") == {}, "a preflight never touches the wheelhouse"
+
+
+def _edit_probe_preflight(project: Path, old: str, new: str) -> None:
+    recipe = project / "recipes" / "sm121-probe" / "recipe.toml"
+    text = recipe.read_text()
+    assert old in text
+    recipe.write_text(text.replace(old, new))
+
+
+def test_a_configure_without_the_targets_arch_is_one_line(cli: CliRunner, tmp_path: Path) -> None:
+    """The flags configure generated must hold code for every GPU the wheel is for."""
+    project = copy_project(tmp_path / "project")
+    _edit_probe_preflight(project, '-DCMAKE_CUDA_ARCHITECTURES=\\"{cuda_archs}\\"',
+                          '-DCMAKE_CUDA_ARCHITECTURES=90-real')  # fmt: skip
+    result = cli(*PROBE, *_args(project, tmp_path))
+    assert result.code == 1
+    error = result.err.strip().splitlines()[-1]
+    assert re.search(r"the generated CUDA flags \(build\.ninja\) hold sm_90; nothing of it runs on "
+                     r"sm_121 \(hopper\)", error), error  # fmt: skip
+
+
+def test_a_feature_switched_off_is_one_line(cli: CliRunner, tmp_path: Path) -> None:
+    project = copy_project(tmp_path / "project")
+    _edit_probe_preflight(project, 'pattern = "sm121-probe: CUDA architectures: [0-9]" }',
+                          'pattern = "sm121-probe: CUDA", absent = true }')  # fmt: skip
+    result = cli(*PROBE, *_args(project, tmp_path))
+    assert result.code == 1
+    assert "the explicit CUDA arch list is off: the configure output says" in result.err
+
+
+def test_a_download_during_configure_is_caught(cli: CliRunner, tmp_path: Path) -> None:
+    """Configure runs with no network: a FetchContent/file(DOWNLOAD) fails, and says so."""
+    project = copy_project(tmp_path / "project")
+    script = tmp_path / "fetch.cmake"
+    script.write_text(
+        'file(DOWNLOAD "https://pypi.org/simple/" "${CMAKE_CURRENT_LIST_DIR}/x" STATUS s)\n'
+        'list(GET s 0 code)\nlist(GET s 1 why)\n'
+        'if(NOT code EQUAL 0)\n  message(FATAL_ERROR "Downloading https://pypi.org/simple/ failed: ${why}")\nendif()\n'
+    )  # fmt: skip
+    _edit_probe_preflight(project, "configure = [\"sh -c 'cmake -S .",
+                          f"configure = [\"cmake -P {script}\", \"sh -c 'cmake -S .")  # fmt: skip
+    result = cli(*PROBE, *_args(project, tmp_path))
+    assert result.code == 1
+    assert "it tried to download (" in result.err and "stage that input as an asset" in result.err
+
+
+# --- llama-cpp-python: the real sdist, configured for sm_90 + sm_121 ------------------------
+
+CUBLAS = ("nvidia-cublas==13.0.0.19",
+          "f6723af2e8e2600a11dc384037d90d9bf93070e346c24ef2e8f9001658c99896")  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def cuda_with_cublas(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This host's CUDA 13.0 (nvcc from PyPI's nvidia-* wheels) has no cuBLAS, which
+    ggml-cuda links: an overlay of it plus NVIDIA's cuBLAS 13.0 wheel (PyPI, sha256-pinned)."""
+    real = Path("/usr/local/cuda").resolve()
+    if not (real / "bin" / "nvcc").exists():
+        pytest.skip("no CUDA toolkit at /usr/local/cuda")
+    cache = tmp_path_factory.getbasetemp().parent / "sparkforge-cublas"
+    wheel = next(iter(cache.glob("nvidia_cublas-13.0.0.19-*.whl")), None)
+    if wheel is None:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                        "--only-binary=:all:", "--platform", "manylinux_2_27_x86_64",
+                        "--python-version", "3.12", "-d", str(cache), CUBLAS[0]], check=True)  # fmt: skip
+        wheel = next(cache.glob("nvidia_cublas-13.0.0.19-*.whl"))
+    assert hashlib.sha256(wheel.read_bytes()).hexdigest() == CUBLAS[1]
+    unpacked = cache / "unpacked"
+    if not unpacked.exists():
+        shutil.unpack_archive(wheel, unpacked, "zip")
+    cublas = unpacked / "nvidia" / "cu13"
+    overlay = tmp_path_factory.mktemp("cuda-overlay")
+    for entry in real.iterdir():
+        if entry.name not in ("bin", "include", "lib", "lib64", "targets"):
+            (overlay / entry.name).symlink_to(entry)
+    # nvcc finds its tree from where it runs (nvcc.profile: TOP = $(_HERE_)/..): copied, not linked.
+    (overlay / "bin").mkdir()
+    for entry in (real / "bin").iterdir():
+        if entry.name in ("nvcc", "nvcc.profile"):
+            shutil.copy2(entry, overlay / "bin" / entry.name)
+        else:
+            (overlay / "bin" / entry.name).symlink_to(entry)
+    for name in ("include", "lib"):
+        (overlay / name).mkdir()
+        for source in (real / name, cublas / name):
+            for entry in source.iterdir():
+                if not (overlay / name / entry.name).exists():
+                    (overlay / name / entry.name).symlink_to(entry)
+    (overlay / "lib64").symlink_to("lib")
+    target = overlay / "targets" / f"{os.uname().machine}-linux"
+    target.mkdir(parents=True)
+    (target / "include").symlink_to("../../include")
+    (target / "lib").symlink_to("../../lib")
+    for name in ("libcublas", "libcublasLt"):
+        if not (overlay / "lib" / f"{name}.so").exists():
+            (overlay / "lib" / f"{name}.so").symlink_to(f"{name}.so.13")
+    # A full toolkit ships lib64/stubs/libcuda.so (cuda-driver-dev) for linking without a
+    # driver; no PyPI wheel carries it. Configure only looks the file up (CUDA::cuda_driver),
+    # so an empty shared library stands for it here; nothing is linked against it.
+    stub = tmp_path_factory.mktemp("stub") / "stub.c"
+    stub.write_text("void sparkforge_libcuda_stub(void) {}\n")
+    (overlay / "lib" / "stubs").mkdir()
+    subprocess.run(["gcc", "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o",
+                    str(overlay / "lib" / "stubs" / "libcuda.so"), str(stub)], check=True)  # fmt: skip
+    return overlay
+
+
+@pytest.mark.network
+def test_llama_cpp_python_preflight_on_the_real_sdist(
+    cli: CliRunner, tmp_path: Path, cuda_with_cublas: Path
+) -> None:
+    project = copy_project(tmp_path / "project")
+    hopper = (project / "targets" / "hopper.toml").read_text()
+    (project / "targets" / "hopper.toml").write_text(
+        hopper.replace('cuda_home = "/usr/local/cuda"', f'cuda_home = "{cuda_with_cublas}"')
+    )
+    result = cli("build", "llama-cpp-python", "--target", "hopper", "--cuda-arch", "121",
+                 "--preflight", *_args(project, tmp_path))  # fmt: skip
+    assert result.code == 0, result.out + result.err
+    assert "sm_121: sm_121 runs sm_121 SASS" in result.out
+    assert "the CUDA backend (ggml-cuda) is on" in result.out
+
+
+def test_preflight_needs_a_declared_configure(cli: CliRunner, tmp_path: Path) -> None:
+    project = copy_project(tmp_path / "project")
+    recipe = project / "recipes" / "sm121-probe" / "recipe.toml"
+    text = recipe.read_text()
+    recipe.write_text(text[: text.index("[preflight]")] + text[text.index("[smoke]") :])
+    result = cli(*PROBE, *_args(project, tmp_path))
+    assert result.code == 2
+    assert "declares no [preflight]" in result.err
+
+
+def test_the_plan_shows_the_preflight(cli: CliRunner, tmp_path: Path) -> None:
+    project = copy_project(tmp_path / "project")
+    result = cli(
+        "build", "sm121-probe", "--target", "hopper", "--dry-run", *_args(project, tmp_path)
+    )
+    assert result.code == 0
+    assert '"frontend":' in result.out and "cmake -S ." in result.out
