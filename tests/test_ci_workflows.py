@@ -225,10 +225,12 @@ def test_github_build_level_builds_audits_smokes_and_keeps_the_workspace() -> No
     assert build["strategy"]["fail-fast"] is False
     assert "vars.SPARKFORGE_WORKSPACE" in build["env"]["SPARKFORGE_WORKSPACE"]
     runs = [step.get("run", "") for step in build["steps"]]
+    build_run = 'nox -s "build-$RECIPE" -- --runner container --target "$SPARK_TARGET"'
     order = [
-        next(i for i, run in enumerate(runs) if needle in run)
-        for needle in ('"build-$RECIPE" -- --runner container', "sparkforge inspect",
-                       '"smoke-$RECIPE" -- --runner container --require-gpu')
+        runs.index(f"{build_run} --preflight"),
+        runs.index(build_run),
+        *(next(i for i, run in enumerate(runs) if needle in run)
+          for needle in ("sparkforge inspect", '"smoke-$RECIPE" -- --runner container --require-gpu')),
     ]  # fmt: skip
     assert order == sorted(order)
     uploads = [s["with"] for s in build["steps"] if "upload-artifact" in s.get("uses", "")]
@@ -256,7 +258,11 @@ def test_gitlab_child_pipeline_is_the_recipe_dag(graph_project: Path) -> None:
     jobs = {name: job for name, job in child.items() if name != "stages"}
     assert child["stages"] == ["build", "publish"]
     needs = {name: [need["job"] for need in job["needs"]] for name, job in jobs.items()}
-    assert needs["build:vllm"] == ["build:torch", "build:triton"]
+    assert needs["build:vllm"] == ["build:torch"]
+    script = jobs["build:vllm"]["script"]
+    assert script.index(next(c for c in script if c.endswith("--preflight"))) < script.index(
+        next(c for c in script if c.startswith("nox -s build-vllm") and "--preflight" not in c)
+    ), "the preflight runs before the build"
     assert needs["build:torchvision"] == ["build:torch"]
     assert needs["build:onnxruntime"] == []
     assert sorted(needs["publish"]) == sorted(n for n in jobs if n.startswith("build:"))

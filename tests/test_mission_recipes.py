@@ -113,7 +113,11 @@ def test_triton_plan_stages_llvm_for_the_target_platform_only(cli: CliRunner) ->
 def test_vllm_plan_has_the_patch_and_staged_fetchcontent_deps(cli: CliRunner) -> None:
     plan = _plan(cli, "vllm")
     assert plan["version"] == "0.11.1"
-    assert [p["name"] for p in plan["patches"]] == ["0001-grouped-moe-sm100-archs-for-12x.patch"]
+    assert [p["name"] for p in plan["patches"]] == [
+        "0001-grouped-moe-sm100-archs-for-12x.patch",
+        "0002-skip-fa3-without-an-fa3-arch.patch",
+        "0003-qutlass-only-for-requested-archs.patch",
+    ]
     assert set(plan["needs"]) == {"torch"} and plan["need_versions"] == {"torch": "2.9.0"}
     env = plan["environment"]
     for variable in ("VLLM_CUTLASS_SRC_DIR", "VLLM_FLASH_ATTN_SRC_DIR", "FLASH_MLA_SRC_DIR",
@@ -121,7 +125,11 @@ def test_vllm_plan_has_the_patch_and_staged_fetchcontent_deps(cli: CliRunner) ->
         assert "/assets/" in env[variable]
     assert plan["commands"][0].endswith("use_existing_torch.py")
     newer = _plan(cli, "vllm", "0.12.0")
-    assert newer["patches"] == [] and "TRITON_KERNELS_SRC_DIR" in newer["environment"]
+    assert "TRITON_KERNELS_SRC_DIR" in newer["environment"]
+    assert [p["name"] for p in newer["patches"]] == [
+        "0001-skip-fa3-without-an-fa3-arch.patch",  # no SCALED_MM patch: the fix is upstream
+        "0002-qutlass-only-for-requested-archs.patch",
+    ]
 
 
 def test_onnxruntime_plan_mirrors_every_dependency(cli: CliRunner) -> None:

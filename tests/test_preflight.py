@@ -4,12 +4,7 @@ nothing published. Real nvcc 13.0 and real CMake throughout."""
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -95,64 +90,6 @@ def test_a_download_during_configure_is_caught(cli: CliRunner, tmp_path: Path) -
 
 
 # --- llama-cpp-python: the real sdist, configured for sm_90 + sm_121 ------------------------
-
-CUBLAS = ("nvidia-cublas==13.0.0.19",
-          "f6723af2e8e2600a11dc384037d90d9bf93070e346c24ef2e8f9001658c99896")  # fmt: skip
-
-
-@pytest.fixture(scope="session")
-def cuda_with_cublas(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """This host's CUDA 13.0 (nvcc from PyPI's nvidia-* wheels) has no cuBLAS, which
-    ggml-cuda links: an overlay of it plus NVIDIA's cuBLAS 13.0 wheel (PyPI, sha256-pinned)."""
-    real = Path("/usr/local/cuda").resolve()
-    if not (real / "bin" / "nvcc").exists():
-        pytest.skip("no CUDA toolkit at /usr/local/cuda")
-    cache = tmp_path_factory.getbasetemp().parent / "sparkforge-cublas"
-    wheel = next(iter(cache.glob("nvidia_cublas-13.0.0.19-*.whl")), None)
-    if wheel is None:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-                        "--only-binary=:all:", "--platform", "manylinux_2_27_x86_64",
-                        "--python-version", "3.12", "-d", str(cache), CUBLAS[0]], check=True)  # fmt: skip
-        wheel = next(cache.glob("nvidia_cublas-13.0.0.19-*.whl"))
-    assert hashlib.sha256(wheel.read_bytes()).hexdigest() == CUBLAS[1]
-    unpacked = cache / "unpacked"
-    if not unpacked.exists():
-        shutil.unpack_archive(wheel, unpacked, "zip")
-    cublas = unpacked / "nvidia" / "cu13"
-    overlay = tmp_path_factory.mktemp("cuda-overlay")
-    for entry in real.iterdir():
-        if entry.name not in ("bin", "include", "lib", "lib64", "targets"):
-            (overlay / entry.name).symlink_to(entry)
-    # nvcc finds its tree from where it runs (nvcc.profile: TOP = $(_HERE_)/..): copied, not linked.
-    (overlay / "bin").mkdir()
-    for entry in (real / "bin").iterdir():
-        if entry.name in ("nvcc", "nvcc.profile"):
-            shutil.copy2(entry, overlay / "bin" / entry.name)
-        else:
-            (overlay / "bin" / entry.name).symlink_to(entry)
-    for name in ("include", "lib"):
-        (overlay / name).mkdir()
-        for source in (real / name, cublas / name):
-            for entry in source.iterdir():
-                if not (overlay / name / entry.name).exists():
-                    (overlay / name / entry.name).symlink_to(entry)
-    (overlay / "lib64").symlink_to("lib")
-    target = overlay / "targets" / f"{os.uname().machine}-linux"
-    target.mkdir(parents=True)
-    (target / "include").symlink_to("../../include")
-    (target / "lib").symlink_to("../../lib")
-    for name in ("libcublas", "libcublasLt"):
-        if not (overlay / "lib" / f"{name}.so").exists():
-            (overlay / "lib" / f"{name}.so").symlink_to(f"{name}.so.13")
-    # A full toolkit ships lib64/stubs/libcuda.so (cuda-driver-dev) for linking without a
-    # driver; no PyPI wheel carries it. Configure only looks the file up (CUDA::cuda_driver),
-    # so an empty shared library stands for it here; nothing is linked against it.
-    stub = tmp_path_factory.mktemp("stub") / "stub.c"
-    stub.write_text("void sparkforge_libcuda_stub(void) {}\n")
-    (overlay / "lib" / "stubs").mkdir()
-    subprocess.run(["gcc", "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o",
-                    str(overlay / "lib" / "stubs" / "libcuda.so"), str(stub)], check=True)  # fmt: skip
-    return overlay
 
 
 @pytest.mark.network

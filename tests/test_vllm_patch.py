@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import CliRunner
 from sparkforge.build import BuildOptions, plan
 from sparkforge.lock import read_lock
 from sparkforge.patches import apply_series, load_series
@@ -172,7 +173,83 @@ def test_vllm_0_12_0_needs_no_patch(tmp_path: Path, spark_arch_list: str) -> Non
     """0.12.0 (the recipe's second version) no longer enables the SM100 MoE entry
     point for 12.x, so nothing references the kernel it does not build."""
     assert "0.12.0" in load_recipe(PROJECT, "vllm").spec.versions
-    assert load_series(PROJECT, "vllm", "0.12.0").patches == ()
-    result = _evaluate(_tree(tmp_path, "0.12.0", patched=False), spark_arch_list)
+    names = [p.name for p in load_series(PROJECT, "vllm", "0.12.0").patches]
+    assert not any("grouped-moe" in n for n in names), names
+    result = _evaluate(_tree(tmp_path, "0.12.0", patched=True), spark_arch_list)
     assert result.grouped_sm100 == ""
     assert not any(result.sm100_enabled_by), result
+
+
+def _fa3_wanted(tree: Path, arch_list: str | None) -> bool:
+    """setup.py's _fa3_archs_requested, executed alone (setup.py itself runs setup())."""
+    import ast
+    import os
+
+    source = (tree / "setup.py").read_text()
+    node = next(n for n in ast.parse(source).body
+                if isinstance(n, ast.FunctionDef) and n.name == "_fa3_archs_requested")  # fmt: skip
+    namespace: dict[str, object] = {"os": os}
+    exec(compile(ast.Module([node], []), "setup.py", "exec"), namespace)
+    saved = os.environ.pop("TORCH_CUDA_ARCH_LIST", None)
+    try:
+        if arch_list is not None:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list
+        return bool(namespace["_fa3_archs_requested"]())  # type: ignore[operator]
+    finally:
+        os.environ.pop("TORCH_CUDA_ARCH_LIST", None)
+        if saved is not None:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = saved
+
+
+@pytest.mark.parametrize("version", ["0.11.1", "0.12.0"])
+def test_fa3_is_left_out_exactly_when_no_fa3_arch_is_asked_for(
+    tmp_path: Path, version: str
+) -> None:
+    tree = _tree(tmp_path, version, patched=True)
+    assert not _fa3_wanted(tree, "12.1;12.1a"), "the Spark's list: FA3 would compile for no GPU"
+    assert (
+        _fa3_wanted(tree, "9.0;12.1a")
+        and _fa3_wanted(tree, "8.0")
+        and _fa3_wanted(tree, "9.0a+PTX")
+    )
+    assert _fa3_wanted(tree, None), "an unset list keeps upstream's behaviour"
+    text = (tree / "setup.py").read_text()
+    assert (
+        'if _fa3_archs_requested():\n            ext_modules.append(CMakeExtension(name="vllm.vllm_flash_attn._vllm_fa3_C"))'
+        in text
+    )
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    ("-gencode arch=compute_121a,code=sm_121a", ""),
+    ("-gencode arch=compute_120a,code=sm_120a -gencode arch=compute_121a,code=sm_121a", "12.0a"),
+])  # fmt: skip
+def test_qutlass_compiles_only_for_the_gpus_asked_for(
+    tmp_path: Path, flags: str, expected: str
+) -> None:
+    """vLLM folds 12.1 into 12.0 (CUDA_ARCHS); QuTLASS's 12.0a code loads only on 12.0."""
+    tree = _tree(tmp_path, "0.11.1", patched=True)
+    text = (tree / "cmake/external_projects/qutlass.cmake").read_text()
+    start = text.index('cuda_archs_loose_intersection(QUTLASS_ARCHS "12.0a;10.0a"')
+    end = text.index("if(${CMAKE_CUDA_COMPILER_VERSION} VERSION_GREATER 12.8 AND QUTLASS_ARCHS)")
+    script = tree / "qutlass-eval.cmake"
+    script.write_text("\n".join([
+        "cmake_minimum_required(VERSION 3.26)", f"include({tree}/cmake/utils.cmake)",
+        'set(CUDA_ARCHS "12.0")', f'set(CUDA_ARCH_FLAGS "{flags}")', text[start:end],
+        'message(STATUS "QUTLASS=${QUTLASS_ARCHS}")',
+    ]) + "\n")  # fmt: skip
+    done = subprocess.run([_cmake(), "-P", str(script)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"-- QUTLASS=(.*)", done.stdout)[1] == expected  # type: ignore[index]
+
+
+def test_check_patches_prove_runs_the_proof_without_and_with_the_patch(cli: CliRunner) -> None:
+    """The SCALED_MM patch proves itself: its Proof: evaluates vLLM's CMake before (fails:
+    the SM100 entry point is enabled, its kernel compiled for nothing) and after (passes)."""
+    result = cli("check-patches", "vllm", "--prove", "--project", PROJECT)
+    text = " ".join(result.out.split())
+    assert result.code == 0, result.out + result.err
+    assert re.search(r"0001-grouped-moe-sm100-archs-for-12x\.patch: without it: grouped-MoE SM100 "
+                     r"archs: \(none\).*\(exit 1\); with it: grouped-MoE SM100 archs: 12\.0f.*\(exit 0\)",
+                     text), text  # fmt: skip
+    assert "ok vllm 0.11.1: 3 patch(es) apply" in text and "1 proved" in text

@@ -35,6 +35,8 @@ def build_job(node: dict[str, Any], closure: list[str], tags: list[str]) -> dict
     recipe, files = node["recipe"], node["files"]
     script = ["nox -s index"] if closure else []  # the wheels of what it needs arrived
     script += [
+        # Preflight first: the offline configure and its checks fail in minutes, not hours.
+        f'nox -s build-{recipe} -- --runner container --target "$SPARK_TARGET" --preflight',
         f'nox -s build-{recipe} -- --runner container --target "$SPARK_TARGET"',
         "mkdir -p inspect",
         f"for wheel in wheelhouse/files/{files}.whl; do "

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from packaging.utils import canonicalize_name
 from rich.console import Console
 from rich.table import Table
 
@@ -316,6 +317,14 @@ def _from_bundle(args: argparse.Namespace) -> tuple[Path, Workspace, list[BuildP
     return unpacked.project, unpacked.workspace, [the_plan]
 
 
+def _settings_words(args: argparse.Namespace) -> str:
+    """The build settings given on this command line, as words to repeat elsewhere."""
+    words = [f" --cuda-arch {a}" for a in args.cuda_arch]
+    words += [f" --{k.replace('_', '-')} {getattr(args, k)}" for k in ("python", "manylinux")
+              if getattr(args, k)]  # fmt: skip
+    return "".join(words)
+
+
 def cmd_bundle(args: argparse.Namespace) -> int:
     """Write one plan's verified inputs into one file (see bundle.py)."""
     from . import bundle
@@ -333,7 +342,8 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     console.print(
         f"[green]bundle written[/]: {written} ({size / 1e6:.1f} MB, {len(dict(manifest['files']))} "
         f"files)\n  sha256 {sha256_file(written)}\n  build it offline: sparkforge build "
-        f"{the_plan.recipe.name} --target {the_plan.target.name} --from-bundle {written.name}"
+        f"{the_plan.recipe.name} --target {the_plan.target.name}{_settings_words(args)} "
+        f"--from-bundle {written.name}"
     )
     return 0
 
@@ -400,11 +410,39 @@ def cmd_build_all(args: argparse.Namespace) -> int:
     plans = _plans(args, project, workspace, args.recipes or available_recipes(project), top=None)
     outcomes: list[_Outcome] = []
     broken: set[str] = set()
+    checked: set[str] = set()
+    preflight_errors: dict[str, str] = {}
+
+    def preflight(the_plan: BuildPlan) -> None:
+        """The recipe's preflight, once, when it has one and is not up to date."""
+        spec = the_plan.recipe.spec.preflight
+        key = the_plan.build_key
+        if args.no_preflight or key in checked or not (spec.configure or spec.frontend):
+            return
+        checked.add(key)
+        if up_to_date(the_plan) is None:
+            try:
+                _preflight(the_plan, workspace, upstream_needs=False, wait=not args.no_wait)
+            except SparkforgeError as exc:
+                preflight_errors[key] = f"preflight: {exc.message}"
+
+    # First step: the preflight of every recipe whose needs are already in the wheelhouse,
+    # so a broken recipe is found in minutes, before hours of compile elsewhere.
+    house = Wheelhouse(_wheelhouse(args))
+    for the_plan in plans:
+        if all(house.built(k) for k in the_plan.need_keys.values()):
+            preflight(the_plan)
     for the_plan in plans:
         blocked = sorted(set(the_plan.recipe.spec.needs) & broken)
         if blocked:
             outcomes.append(_Outcome(the_plan.recipe.name, the_plan.version, "skipped",
                                      detail=f"needs {', '.join(blocked)}, which did not build"))  # fmt: skip
+            broken.add(the_plan.recipe.name)
+            continue
+        preflight(the_plan)  # those whose needs were built just now
+        if the_plan.build_key in preflight_errors:
+            outcomes.append(_Outcome(the_plan.recipe.name, the_plan.version, "failed",
+                                     detail=preflight_errors[the_plan.build_key]))  # fmt: skip
             broken.add(the_plan.recipe.name)
             continue
         try:
@@ -683,6 +721,24 @@ def cmd_check_patches(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_install(args: argparse.Namespace) -> int:
+    """Resolve the wheelhouse's wheels for the target (wheelhouse + index)."""
+    from .installcheck import check
+
+    project = args.project.resolve()
+    target = load_target(project, args.target)
+    dists: dict[str, str] = {}
+    for name in available_recipes(project):
+        dists[canonicalize_name(load_recipe(project, name).spec.dist)] = name
+    results = check(Wheelhouse(_wheelhouse(args)), target, args.projects, dists, args.index_url)
+    for result in results:
+        mark = "[green]ok[/]" if result.ok else "[red]fails[/]"
+        console.print(f"{mark} {result.wheel}: {result.line}")
+    failed = [r for r in results if not r.ok]
+    console.print(f"{len(results) - len(failed)} of {len(results)} wheels install on {target.name}")
+    return 1 if failed else 0
+
+
 def cmd_graph(args: argparse.Namespace) -> int:
     from .graph import recipe_levels
 
@@ -754,6 +810,8 @@ def build_parser() -> argparse.ArgumentParser:
     _build_settings(build_all)
     build_all.add_argument("--force", action="store_true", help="rebuild even what is up to date")
     build_all.add_argument("--no-wait", action="store_true")
+    build_all.add_argument("--no-preflight", action="store_true",
+                           help="skip each recipe's preflight before its build")  # fmt: skip
     _common(build_all)
     build_all.set_defaults(func=cmd_build_all)
 
@@ -856,6 +914,18 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the index's PEP 503 simple API (default: <upload URL>/simple/)")  # fmt: skip
     _common(publish)
     publish.set_defaults(func=cmd_publish)
+
+    install = sub.add_parser(
+        "check-install",
+        help="resolve each wheelhouse wheel's requirements for the target (wheelhouse + index)",
+    )
+    install.add_argument("projects", nargs="*", help="projects to check (default: all)")
+    install.add_argument("--target", default=DEFAULT_TARGET)
+    install.add_argument(
+        "--index-url", help="the index besides the wheelhouse (default: uv's, PyPI)"
+    )
+    _common(install)
+    install.set_defaults(func=cmd_check_install)
 
     graph = sub.add_parser(
         "graph", help="recipes in build order: levels whose recipes can build in parallel"

@@ -134,7 +134,8 @@ def run(plan: BuildPlan, console: Console, *, upstream_needs: bool = False) -> P
     result.durations = dict(log.durations)
     result.seconds = time.monotonic() - started
     plan.workspace.record_durations(f"preflight:{plan.history_key}", log.durations)
-    shutil.rmtree(plan.build_dir, ignore_errors=True)
+    if not plan.options.keep_build_dir:
+        shutil.rmtree(plan.build_dir, ignore_errors=True)
     return result
 
 
