@@ -20,11 +20,9 @@ FROM ${BASE_IMAGE}
 #    them again. A runtime NCCL older than the build's would lack symbols.
 #  - cuDNN: the base image has none (it is in the *-cudnn-* tags only); PyTorch
 #    refuses a runtime cuDNN older than the one it was compiled against.
-#  - cuSPARSELt: 0.8.0.* is the 0.8.0 release whatever its build number
-#    (nvidia-cusparselt-cu13 0.8.0 is build 4).
+#  - cuSPARSELt is not here: it comes from NVIDIA's PyPI wheel (builder-tools.txt, below).
 ARG BUILDER_NCCL_VERSION=2.27.7-1+cuda13.0
 ARG BUILDER_CUDNN_VERSION=9.13.0.50-1
-ARG BUILDER_CUSPARSELT_VERSION=0.8.0.*
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
@@ -43,19 +41,12 @@ RUN packages=() \
  && if [ -n "${BUILDER_NCCL_VERSION}" ]; then packages+=("libnccl2=${BUILDER_NCCL_VERSION}" "libnccl-dev=${BUILDER_NCCL_VERSION}"); fi \
  && if [ -n "${BUILDER_CUDNN_VERSION}" ]; then packages+=("libcudnn9-cuda-13=${BUILDER_CUDNN_VERSION}" \
       "libcudnn9-dev-cuda-13=${BUILDER_CUDNN_VERSION}" "libcudnn9-headers-cuda-13=${BUILDER_CUDNN_VERSION}"); fi \
- && if [ -n "${BUILDER_CUSPARSELT_VERSION}" ]; then packages+=("libcusparselt0-cuda-13=${BUILDER_CUSPARSELT_VERSION}" \
-      "libcusparselt0-dev-cuda-13=${BUILDER_CUSPARSELT_VERSION}"); fi \
  && if [ "${#packages[@]}" -gt 0 ]; then \
       apt-get update \
       && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
            --allow-change-held-packages --allow-downgrades "${packages[@]}" \
       && apt-mark hold "${packages[@]%%=*}" \
       && rm -rf /var/lib/apt/lists/*; \
-    fi \
- && multiarch="$(gcc -dumpmachine)" \
- && if [ -d "/usr/lib/${multiarch}/libcusparseLt/13" ]; then \
-      echo "/usr/lib/${multiarch}/libcusparseLt/13" > /etc/ld.so.conf.d/sparkforge-cusparselt.conf \
-      && ldconfig; \
     fi
 
 # The pipeline's own tools inside the image (auditwheel repairs wheels only for
@@ -63,10 +54,23 @@ RUN packages=() \
 # hashes in builder-tools.txt and staged by sparkforge in the build context, so
 # this step needs no index.
 COPY tools-wheels/ /tmp/tools-wheels/
+# cuSPARSELt from that venv is linked where NVIDIA's libcusparselt0-dev-cuda-13 puts it
+# (headers /usr/include/libcusparseLt/13, libraries /usr/lib/<multiarch>/libcusparseLt/13,
+# outside the default search paths, hence ld.so.conf.d).
 RUN python3 -m venv /opt/sparkforge-tools \
  && /opt/sparkforge-tools/bin/pip install --no-cache-dir --no-index --find-links /tmp/tools-wheels \
       --require-hashes -r /tmp/tools-wheels/requirements.txt \
- && rm -rf /tmp/tools-wheels
+ && rm -rf /tmp/tools-wheels \
+ && lt="$(/opt/sparkforge-tools/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nvidia/cusparselt" \
+ && if [ -d "${lt}" ]; then \
+      lib="/usr/lib/$(gcc -dumpmachine)/libcusparseLt/13" \
+      && mkdir -p /usr/include/libcusparseLt/13 "${lib}" \
+      && ln -s "${lt}/include/cusparseLt.h" /usr/include/libcusparseLt/13/cusparseLt.h \
+      && ln -s "${lt}/lib/libcusparseLt.so.0" "${lib}/libcusparseLt.so.0" \
+      && ln -s libcusparseLt.so.0 "${lib}/libcusparseLt.so" \
+      && echo "${lib}" > /etc/ld.so.conf.d/sparkforge-cusparselt.conf \
+      && ldconfig; \
+    fi
 
 ENV CUDA_HOME=/usr/local/cuda \
     PATH=/usr/local/cuda/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \

@@ -72,6 +72,23 @@ def check_patches(session: nox.Session) -> None:
 
 
 @nox.session
+def bundle(session: nox.Session) -> None:
+    """One plan's verified inputs in one file: `nox -s bundle -- RECIPE [build options] -o FILE`.
+
+    Build from it with no network: `nox -s build-RECIPE -- --from-bundle FILE` (docs/pipeline.md).
+    """
+    _install(session)
+    session.run("sparkforge", "bundle", *session.posargs)
+
+
+@nox.session(name="check-install")
+def check_install(session: nox.Session) -> None:
+    """Do the wheelhouse's wheels install on the target? `nox -s check-install -- [--target T]`."""
+    _install(session)
+    session.run("sparkforge", "check-install", *session.posargs)
+
+
+@nox.session
 def index(session: nox.Session) -> None:
     """Regenerate the wheelhouse index and list what it holds."""
     _install(session)
@@ -149,8 +166,9 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Pipeline overhead vs a bare build, inspect vs cuobjdump (figures for docs/benchmarks.md)."""
+    """Pipeline overhead, inspect vs cuobjdump, preflight vs build (docs/benchmarks.md)."""
     _install(session, "[test]")
     session.run("python", "benchmarks/bench_probe.py", *session.posargs)
     session.run("python", "benchmarks/bench_inspect.py")
     session.run("python", "benchmarks/bench_metadata.py")
+    session.run("python", "benchmarks/bench_preflight.py")

@@ -82,9 +82,11 @@ echo "extension imports (patched): exit $?" | tee -a "$out/summary.txt"
 # the one object the patch adds; the import then names the symbol it cannot find.
 temp=$(ls -d /tmp/sparkforge-from-bundle-*/workspace/builds/*/src/build/temp.*)
 python3 - "$temp" >"$out/imports-unpatched.txt" 2>&1 <<'PY'
-import re, shlex, subprocess, sys, torch
+import glob, re, shlex, shutil, subprocess, sys, torch
 temp = sys.argv[1]
-commands = subprocess.run(["ninja", "-C", temp, "-t", "commands", "_C"], capture_output=True,
+# ninja from the build's own venv (the machine may have none on PATH).
+ninja = shutil.which("ninja") or sorted(glob.glob("/tmp/sparkforge-from-bundle-*/workspace/envs/*/bin/ninja"))[0]
+commands = subprocess.run([ninja, "-C", temp, "-t", "commands", "_C"], capture_output=True,
                           text=True, check=True).stdout.splitlines()
 link = next(c for c in reversed(commands) if " -o " in c and "_C.abi3.so" in c)
 words, dropped = [], []

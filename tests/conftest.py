@@ -194,6 +194,19 @@ def git(cwd: Path, *args: str) -> str:
     ).stdout.strip()
 
 
+def git_repo(path: Path, files: dict[str, str]) -> str:
+    """A new repository at ``path`` with ``files`` in one commit; returns the commit."""
+    identity = ["-c", "user.name=t", "-c", "user.email=t@t"]
+    path.mkdir(parents=True)
+    git(path, "init", "-q", "-b", "main")
+    for name, text in files.items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text(text)
+    git(path, "add", ".")
+    git(path, *identity, "commit", "-q", "-m", "files")
+    return git(path, "rev-parse", "HEAD")
+
+
 def dedent(text: str) -> str:
     return textwrap.dedent(text).lstrip()
 
@@ -242,31 +255,45 @@ def as_cuobjdump(code: dict[CudaCode, int]) -> Counter[str]:
     return listed
 
 
-# --- CUDA for configure steps that link cuBLAS (llama.cpp's ggml-cuda) ---------------------
+# --- CUDA for configure steps that need more of the toolkit ----------------------------------
 
-CUBLAS = ("nvidia-cublas==13.0.0.19",
-          "f6723af2e8e2600a11dc384037d90d9bf93070e346c24ef2e8f9001658c99896")  # fmt: skip
+# This host's CUDA 13.0 (nvcc from PyPI's nvidia-* wheels) lacks cuBLAS, which llama.cpp's
+# ggml-cuda links, and NVRTC, which torch's CMake config (vLLM's configure) looks up: NVIDIA's
+# own PyPI wheels of both, pinned by sha256, with the unversioned names a toolkit has.
+OVERLAY_WHEELS = (
+    ("nvidia-cublas==13.0.0.19", "nvidia_cublas-13.0.0.19-*.whl",
+     "f6723af2e8e2600a11dc384037d90d9bf93070e346c24ef2e8f9001658c99896",
+     ("libcublas", "libcublasLt")),
+    ("nvidia-cuda-nvrtc==13.0.48", "nvidia_cuda_nvrtc-13.0.48-*.whl",
+     "87e13d186905a35e7c04ad553a2abded0fba22f93b43d02e5da6f6cf73fb4d0a",
+     ("libnvrtc",)),
+)  # fmt: skip
 
 
 @pytest.fixture(scope="session")
-def cuda_with_cublas(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """This host's CUDA 13.0 (nvcc from PyPI's nvidia-* wheels) has no cuBLAS, which
-    ggml-cuda links: an overlay of it plus NVIDIA's cuBLAS 13.0 wheel (PyPI, sha256-pinned)."""
+def cuda_overlay(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An overlay of /usr/local/cuda plus cuBLAS and NVRTC from PyPI (sha256-pinned) and a
+    libcuda stub: enough toolkit for the configure steps of llama.cpp and vLLM."""
     real = Path("/usr/local/cuda").resolve()
     if not (real / "bin" / "nvcc").exists():
         pytest.skip("no CUDA toolkit at /usr/local/cuda")
-    cache = tmp_path_factory.getbasetemp().parent / "sparkforge-cublas"
-    wheel = next(iter(cache.glob("nvidia_cublas-13.0.0.19-*.whl")), None)
-    if wheel is None:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-                        "--only-binary=:all:", "--platform", "manylinux_2_27_x86_64",
-                        "--python-version", "3.12", "-d", str(cache), CUBLAS[0]], check=True)  # fmt: skip
-        wheel = next(cache.glob("nvidia_cublas-13.0.0.19-*.whl"))
-    assert hashlib.sha256(wheel.read_bytes()).hexdigest() == CUBLAS[1]
-    unpacked = cache / "unpacked"
-    if not unpacked.exists():
-        shutil.unpack_archive(wheel, unpacked, "zip")
-    cublas = unpacked / "nvidia" / "cu13"
+    cache = tmp_path_factory.getbasetemp().parent / "sparkforge-cuda-wheels"
+    trees: list[Path] = []
+    unversioned: list[str] = []
+    for requirement, pattern, sha256, names in OVERLAY_WHEELS:
+        wheel = next(iter(cache.glob(pattern)), None)
+        if wheel is None:
+            subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                            "--only-binary=:all:", "--platform", "manylinux_2_27_x86_64",
+                            "--platform", "manylinux_2_12_x86_64", "--python-version", "3.12", "-d", str(cache), requirement],
+                           check=True)  # fmt: skip
+            wheel = next(cache.glob(pattern))
+        assert hashlib.sha256(wheel.read_bytes()).hexdigest() == sha256, wheel
+        unpacked = cache / f"unpacked-{requirement}"
+        if not unpacked.exists():
+            shutil.unpack_archive(wheel, unpacked, "zip")
+        trees.append(unpacked / "nvidia" / "cu13")
+        unversioned += names
     overlay = tmp_path_factory.mktemp("cuda-overlay")
     for entry in real.iterdir():
         if entry.name not in ("bin", "include", "lib", "lib64", "targets"):
@@ -280,7 +307,7 @@ def cuda_with_cublas(tmp_path_factory: pytest.TempPathFactory) -> Path:
             (overlay / "bin" / entry.name).symlink_to(entry)
     for name in ("include", "lib"):
         (overlay / name).mkdir()
-        for source in (real / name, cublas / name):
+        for source in (real / name, *(tree / name for tree in trees)):
             for entry in source.iterdir():
                 if not (overlay / name / entry.name).exists():
                     (overlay / name / entry.name).symlink_to(entry)
@@ -289,7 +316,7 @@ def cuda_with_cublas(tmp_path_factory: pytest.TempPathFactory) -> Path:
     target.mkdir(parents=True)
     (target / "include").symlink_to("../../include")
     (target / "lib").symlink_to("../../lib")
-    for name in ("libcublas", "libcublasLt"):
+    for name in unversioned:
         if not (overlay / "lib" / f"{name}.so").exists():
             (overlay / "lib" / f"{name}.so").symlink_to(f"{name}.so.13")
     # A full toolkit ships lib64/stubs/libcuda.so (cuda-driver-dev) for linking without a

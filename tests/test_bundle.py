@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import lzma
+import os
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CliRunner, copy_project, git, one_error_line
+from conftest import CliRunner, copy_project, git, git_repo, one_error_line
 from sparkforge.bundle import BundleError, _index, _pack, git_snapshots, unpack
 from sparkforge.sources import _checkout
 from sparkforge.workspace import Workspace
@@ -39,11 +40,15 @@ def test_the_probe_from_a_bundle_offline_is_bit_identical(cli: CliRunner, tmp_pa
     # Another process, in a network namespace of its own, in another directory: nothing but
     # the bundle (no project, no workspace cache, no index).
     elsewhere = tmp_path / "elsewhere"
+    scratch = tmp_path / "tmp"
     elsewhere.mkdir()
+    scratch.mkdir()
     done = subprocess.run([*_offline(), sys.executable, "-m", "sparkforge.cli", "build", *PROBE,
                            "--from-bundle", str(bundle), "--wheelhouse", str(elsewhere / "wh")],
-                          cwd=elsewhere, capture_output=True, text=True)  # fmt: skip
+                          cwd=elsewhere, capture_output=True, text=True,
+                          env={**os.environ, "TMPDIR": str(scratch)})  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr
+    assert list(scratch.iterdir()) == [], "the unpacked bundle is removed after a build"
     (normal,) = (tmp_path / "wh-a" / "files").glob("*.whl")
     (offline,) = (elsewhere / "wh" / "files").glob("*.whl")
     assert normal.name == offline.name
@@ -93,18 +98,6 @@ def test_not_a_bundle_is_one_line(cli: CliRunner, tmp_path: Path) -> None:
     one_error_line(result, r"junk\.bundle\.tar\.xz: not a readable sparkforge bundle")
 
 
-def _repo(path: Path, files: dict[str, str]) -> str:
-    identity = ["-c", "user.name=t", "-c", "user.email=t@t"]
-    path.mkdir(parents=True)
-    git(path, "init", "-q", "-b", "main")
-    for name, text in files.items():
-        (path / name).parent.mkdir(parents=True, exist_ok=True)
-        (path / name).write_text(text)
-    git(path, "add", ".")
-    git(path, *identity, "commit", "-q", "-m", "files")
-    return git(path, "rev-parse", "HEAD")
-
-
 def test_git_packs_serve_a_checkout_offline_with_submodules_and_exclusions(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -115,9 +108,9 @@ def test_git_packs_serve_a_checkout_offline_with_submodules_and_exclusions(
     monkeypatch.setenv("GIT_CONFIG_KEY_0", "protocol.file.allow")
     monkeypatch.setenv("GIT_CONFIG_VALUE_0", "always")
     identity = ["-c", "user.name=t", "-c", "user.email=t@t"]
-    _repo(tmp_path / "lib", {"include/lib.h": "int lib;\n", "media/big.png": "x" * 5000})
+    git_repo(tmp_path / "lib", {"include/lib.h": "int lib;\n", "media/big.png": "x" * 5000})
     top = tmp_path / "top"
-    _repo(top, {"README": "one\n"})
+    git_repo(top, {"README": "one\n"})
     (top / "README").write_text("two\n")
     git(top, *identity, "commit", "-q", "-am", "second")
     git(top, "submodule", "--quiet", "add", str(tmp_path / "lib"), "csrc/lib")
@@ -142,7 +135,7 @@ def test_git_packs_serve_a_checkout_offline_with_submodules_and_exclusions(
 
 def test_a_pack_without_the_locked_commit_is_refused(tmp_path: Path) -> None:
     repo = tmp_path / "r"
-    commit = _repo(repo, {"a.txt": "a\n"})
+    commit = git_repo(repo, {"a.txt": "a\n"})
     blob = git(repo, "rev-parse", f"{commit}:a.txt")
     done = subprocess.run(["git", "pack-objects", "--stdout", "-q"], cwd=repo, input=blob.encode(),
                           capture_output=True, check=True)  # fmt: skip
@@ -154,14 +147,14 @@ def test_a_pack_without_the_locked_commit_is_refused(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.network
 def test_llama_cpp_python_bundle_preflights_offline(
-    cli: CliRunner, tmp_path: Path, cuda_with_cublas: Path
+    cli: CliRunner, tmp_path: Path, cuda_overlay: Path
 ) -> None:
     """The real sdist and its build requirements travel in the bundle; on the far side the
     preflight (front-end check + CMake configure) needs nothing else."""
     project = copy_project(tmp_path / "project")
     hopper = project / "targets" / "hopper.toml"
     hopper.write_text(hopper.read_text().replace('cuda_home = "/usr/local/cuda"',
-                                                 f'cuda_home = "{cuda_with_cublas}"'))  # fmt: skip
+                                                 f'cuda_home = "{cuda_overlay}"'))  # fmt: skip
     bundle = tmp_path / "llama.bundle.tar.xz"
     made = cli("bundle", "llama-cpp-python", "--target", "hopper", "--cuda-arch", "121",
                "--project", project, "--workspace", tmp_path / "ws", "-o", bundle)  # fmt: skip

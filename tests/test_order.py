@@ -94,3 +94,31 @@ def test_a_cycle_of_needs_is_one_line(cli: CliRunner, tiny: Path, tmp_path: Path
         result,
         r"recipes need each other in a cycle \(tiny\d -> tiny\d -> tiny\d\); remove one 'needs' entry",
     )
+
+
+def test_build_all_runs_the_preflight_first_and_builds_nothing_it_fails(
+    cli: CliRunner, tiny: Path, tmp_path: Path
+) -> None:
+    """A configure that fails stops that recipe (and what needs it) before any compile;
+    --no-preflight skips the step."""
+    workspace = tmp_path / "ws"
+    _add_dependent(tiny)
+    _lock(cli, tiny, workspace, "tiny2")
+    recipe = tiny / "recipes" / "tiny" / "recipe.toml"
+    recipe.write_text(recipe.read_text() + "\n[preflight]\nconfigure = [\"{python} -c "
+                      "\\\"raise SystemExit('the Foo library was not found')\\\"\"]\n")  # fmt: skip
+    common = ["--target", "hopper", "--project", tiny, "--workspace", workspace]
+    result = cli("build-all", "tiny", "tiny2", *common)
+    assert result.code == 1
+    table = result.out[result.out.index("build-all for hopper") :]
+    assert re.search(r"tiny\s+│\s+1\.0\.0\s+│\s+failed", table), table
+    assert re.search(r"tiny2\s+│\s+1\.0\.0\s+│\s+skipped", table), table
+    # The reason is upstream's own last words, not only "see the log".
+    words = " ".join(w for w in table.split() if w != "│")
+    assert "preflight:" in words and "the Foo library was not found" in words, table
+    assert "building tiny 1.0.0" not in result.out
+    assert not list((tiny / "wheelhouse").rglob("*.whl"))
+
+    skipped = cli("build-all", "tiny", "tiny2", "--no-preflight", *common)
+    assert skipped.code == 0, skipped.out + skipped.err
+    assert "building tiny 1.0.0" in skipped.out and "building tiny2 1.0.0" in skipped.out

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CliRunner, git, snapshot
+from conftest import CliRunner, git, git_repo, snapshot
 
 pytestmark = pytest.mark.network  # the tiny lock resolves flit_core from PyPI once
 
@@ -262,18 +262,6 @@ def test_a_new_build_key_with_the_same_bytes_is_then_a_noop(
     assert "up to date" in third.out, "the new key now finds the stored wheel"
 
 
-def _repo(path: Path, files: dict[str, str]) -> str:
-    identity = ["-c", "user.name=t", "-c", "user.email=t@t"]
-    path.mkdir(parents=True)
-    git(path, "init", "-q", "-b", "main")
-    for name, text in files.items():
-        (path / name).parent.mkdir(parents=True, exist_ok=True)
-        (path / name).write_text(text)
-    git(path, "add", ".")
-    git(path, *identity, "commit", "-q", "-m", "files")
-    return git(path, "rev-parse", "HEAD")
-
-
 def test_checkout_takes_submodules_from_the_workspace_mirrors_and_skips_excluded_paths(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -287,10 +275,10 @@ def test_checkout_takes_submodules_from_the_workspace_mirrors_and_skips_excluded
     monkeypatch.setenv("GIT_CONFIG_KEY_0", "protocol.file.allow")
     monkeypatch.setenv("GIT_CONFIG_VALUE_0", "always")
     identity = ["-c", "user.name=t", "-c", "user.email=t@t"]
-    _repo(tmp_path / "lib", {"include/lib.h": "int lib;\n", "docs/big.md": "docs\n"})
-    _repo(tmp_path / "rocm", {"rocm.h": "amd\n"})
+    git_repo(tmp_path / "lib", {"include/lib.h": "int lib;\n", "docs/big.md": "docs\n"})
+    git_repo(tmp_path / "rocm", {"rocm.h": "amd\n"})
     top = tmp_path / "top"
-    _repo(top, {"README": "top\n", "media/logo.txt": "logo\n"})
+    git_repo(top, {"README": "top\n", "media/logo.txt": "logo\n"})
     git(top, "submodule", "--quiet", "add", str(tmp_path / "lib"), "csrc/lib")
     git(top, "submodule", "--quiet", "add", str(tmp_path / "rocm"), "csrc/rocm")
     git(top, *identity, "commit", "-q", "-m", "submodules")
@@ -316,14 +304,14 @@ def test_submodule_commit_missing_from_its_mirror_is_refused(
     monkeypatch.setenv("GIT_CONFIG_KEY_0", "protocol.file.allow")
     monkeypatch.setenv("GIT_CONFIG_VALUE_0", "always")
     identity = ["-c", "user.name=t", "-c", "user.email=t@t"]
-    _repo(tmp_path / "data", {"v.txt": "1\n"})
+    git_repo(tmp_path / "data", {"v.txt": "1\n"})
     top = tmp_path / "top"
-    _repo(top, {"README": "top\n"})
+    git_repo(top, {"README": "top\n"})
     git(top, "submodule", "--quiet", "add", str(tmp_path / "data"), "data")
     git(top, *identity, "commit", "-q", "-m", "pin data")
     commit = git(top, "rev-parse", "HEAD")
     # The submodule's history is rewritten: the recorded commit no longer exists upstream.
     shutil.rmtree(tmp_path / "data")
-    _repo(tmp_path / "data", {"v.txt": "other\n"})
+    git_repo(tmp_path / "data", {"v.txt": "other\n"})
     with pytest.raises(SourceError, match=r"commit [0-9a-f]{40} is not in .*data"):
         _checkout(Workspace(tmp_path / "ws"), str(top), commit, tmp_path / "out", True)

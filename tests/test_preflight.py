@@ -5,6 +5,7 @@ nothing published. Real nvcc 13.0 and real CMake throughout."""
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -94,12 +95,12 @@ def test_a_download_during_configure_is_caught(cli: CliRunner, tmp_path: Path) -
 
 @pytest.mark.network
 def test_llama_cpp_python_preflight_on_the_real_sdist(
-    cli: CliRunner, tmp_path: Path, cuda_with_cublas: Path
+    cli: CliRunner, tmp_path: Path, cuda_overlay: Path
 ) -> None:
     project = copy_project(tmp_path / "project")
     hopper = (project / "targets" / "hopper.toml").read_text()
     (project / "targets" / "hopper.toml").write_text(
-        hopper.replace('cuda_home = "/usr/local/cuda"', f'cuda_home = "{cuda_with_cublas}"')
+        hopper.replace('cuda_home = "/usr/local/cuda"', f'cuda_home = "{cuda_overlay}"')
     )
     result = cli("build", "llama-cpp-python", "--target", "hopper", "--cuda-arch", "121",
                  "--preflight", *_args(project, tmp_path))  # fmt: skip
@@ -125,3 +126,52 @@ def test_the_plan_shows_the_preflight(cli: CliRunner, tmp_path: Path) -> None:
     )
     assert result.code == 0
     assert '"frontend":' in result.out and "cmake -S ." in result.out
+
+
+# --- vLLM 0.11.1: the real sdist and its FetchContent trees, configured for the Spark ------
+
+VLLM_GIT_ASSETS = (
+    "https://github.com/NVIDIA/cutlass",
+    "https://github.com/vllm-project/flash-attention",
+    "https://github.com/vllm-project/FlashMLA",
+    "https://github.com/IST-DASLab/qutlass",
+)
+
+
+def _git_reachable(url: str) -> bool:
+    """Through the user's git config, so `url.<mirror>.insteadOf` counts (how this is run
+    on a machine without GitHub that holds mirrors of the four repositories)."""
+    try:
+        done = subprocess.run(["git", "ls-remote", "--exit-code", url, "HEAD"],
+                              capture_output=True, timeout=60)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return False
+    return done.returncode == 0
+
+
+@pytest.mark.network
+def test_vllm_preflight_configures_the_spark_build_offline(
+    cli: CliRunner, tmp_path: Path, cuda_overlay: Path
+) -> None:
+    """vLLM's own CMake configure (the arguments its setup.py passes), offline, on the
+    patched 0.11.1 sdist with the staged CUTLASS/flash-attention/FlashMLA/qutlass trees,
+    against upstream's torch 2.9.0 wheel (asked for with --upstream-needs): code that runs
+    on sm_121 in the generated flags, the patched grouped-MoE block on, FA3 and QuTLASS off."""
+    unreachable = [url for url in VLLM_GIT_ASSETS if not _git_reachable(url)]
+    if unreachable:
+        pytest.skip(f"vLLM's CMake dependencies are on GitHub, unreachable here: {unreachable[0]}")
+    project = copy_project(tmp_path / "project")
+    target = project / "targets" / "spark-x86.toml"
+    target.write_text(target.read_text().replace('cuda_home = "/usr/local/cuda"',
+                                                 f'cuda_home = "{cuda_overlay}"'))  # fmt: skip
+    result = cli("build", "vllm", "--version", "0.11.1", "--target", "spark-x86", "--preflight",
+                 "--upstream-needs", *_args(project, tmp_path))  # fmt: skip
+    assert result.code == 0, result.out[-4000:] + result.err
+    assert "upstream's published wheel" in result.out + result.err
+    # vLLM keeps 12.x to its supported 12.0 family: sm_120f SASS, which runs on sm_121.
+    assert re.search(r"ok: sm_121: sm_121 runs sm_120f? SASS .*sm_120f", result.out), result.out
+    (log,) = (tmp_path / "ws" / "logs").glob("preflight-vllm-0.11.1-spark-x86-*.log")
+    text = log.read_text()
+    assert "-- Building grouped_mm_c3x for archs: 12.0f" in text  # the SCALED_MM patch
+    assert re.search(r"^-- FA3_ARCHS: *$", text, re.M)  # FlashAttention-3 left out
+    assert "[QUTLASS] Skipping build" in text  # 12.0a-only code would not load on sm_121

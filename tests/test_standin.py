@@ -99,7 +99,9 @@ def amd64_image(standin_tools: None) -> str:
 
 def _run(image: str, *command: str, stdin: str | None = None, volume: Path | None = None) -> str:
     mount = ["-v", f"{volume}:/out"] if volume else []
-    argv = podman_run_argv(image, "amd64", *command, extra=["-i", "--network=none", *mount])
+    # --entrypoint= skips the base's banner entrypoint (as NVIDIA's), so stdout is the command's
+    extra = ["-i", "--network=none", "--entrypoint=", *mount]
+    argv = podman_run_argv(image, "amd64", *command, extra=extra)
     done = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     return done.stdout

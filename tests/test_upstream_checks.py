@@ -17,7 +17,7 @@ from conftest import REPO, CliRunner, copy_project, one_error_line
 from sparkforge.build import _check_tags, target_tags
 from sparkforge.builderlibs import container_libraries, dockerfile_args, host_libraries
 from sparkforge.consistency import BuilderLibraries, Need, check
-from sparkforge.errors import WheelError
+from sparkforge.errors import ConfigError, WheelError
 from sparkforge.lock import LockedRequirement, read_lock
 from sparkforge.recipes import load_recipe
 from sparkforge.targets import load_target
@@ -94,8 +94,19 @@ def test_builder_libraries_come_from_builder_toml_and_the_dockerfile() -> None:
     assert dict(BUILDER.versions) == {
         "nccl": dockerfile_args(REPO / "Dockerfile.builder")["BUILDER_NCCL_VERSION"],
         "cudnn": "9.13.0.50-1",
-        "cusparselt": "0.8.0.*",
+        "cusparselt": "0.8.0",  # builder-tools.txt's nvidia-cusparselt-cu13 pin
     }
+
+
+def test_an_arg_that_the_base_images_env_shadows_is_refused(tmp_path: Path) -> None:
+    """NVIDIA's image sets ENV NCCL_VERSION; an ARG of that name is ignored in RUN (the
+    inherited ENV wins), so `--build-arg NCCL_VERSION=…` would silently change nothing."""
+    for name in ("Dockerfile.builder", "builder.toml", "builder-tools.txt"):
+        text = (REPO / name).read_text().replace("BUILDER_NCCL_VERSION", "NCCL_VERSION")
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError, match=r"ARG NCCL_VERSION is shadowed by the base image's "
+                                          r"ENV NCCL_VERSION"):  # fmt: skip
+        container_libraries(tmp_path, tmp_path / "Dockerfile.builder", SPARK.builder_image, {})
 
 
 @pytest.mark.parametrize(
@@ -297,3 +308,53 @@ def test_project_copy_of_the_shipped_files_plans_every_mission_recipe(
                      "--project", project)  # fmt: skip
         assert result.code == 0, result.err
         assert '"conflicts": []' in result.out
+
+
+# --- --installed-need: a need satisfied by what the build interpreter has ------------------
+
+
+def _interpreter_with(tmp_path: Path, dist: str | None, version: str = "") -> Path:
+    """A venv (no pip) whose site-packages holds ``dist`` at ``version`` (metadata only)."""
+    env = tmp_path / "env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True)
+    python = env / "bin" / "python"
+    if dist is not None:
+        site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig."
+                                    "get_paths()['purelib'])"], capture_output=True, text=True,
+                                   check=True).stdout.strip())  # fmt: skip
+        info = site / f"{dist}-{version}.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    return python
+
+
+def test_an_installed_need_is_planned_as_such_and_its_checks_become_unreviewed(
+    cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GPU machine's torch 2.11 under a vLLM that pins 2.9.0: planned, not refused, and
+    every declaration it fails is said, as unreviewed, instead of building torch first."""
+    python = _interpreter_with(tmp_path, "torch", "2.11.0")
+    monkeypatch.setenv("SPARKFORGE_PYTHON", str(python))
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    result = cli("build", "vllm", "--target", "spark-x86", "--python", version,
+                 "--installed-need", "torch", "--dry-run", "--workspace", tmp_path / "ws")  # fmt: skip
+    assert result.code == 0, result.err
+    import json
+
+    shown = json.loads(result.out)
+    assert shown["installed_needs"] == {"torch": str(Path(shown["installed_needs"]["torch"]))}
+    assert shown["need_versions"] == {"torch": "2.11.0"}
+    assert shown["builds_first"] == {}
+    assert shown["conflicts"] == []
+    assert any("requires torch==2.9.0; built against the installed torch 2.11.0" in note
+               for note in shown["unreviewed"])  # fmt: skip
+
+
+def test_an_installed_need_that_is_not_installed_is_one_line(
+    cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SPARKFORGE_PYTHON", str(_interpreter_with(tmp_path, None)))
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    result = cli("build", "vllm", "--target", "spark-x86", "--python", version,
+                 "--installed-need", "torch", "--dry-run", "--workspace", tmp_path / "ws")  # fmt: skip
+    one_error_line(result, r"--installed-need: .* has no torch installed; install it there", 2)

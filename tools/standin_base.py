@@ -68,6 +68,9 @@ CUDA_RELEASE = "release 13.0"  # what `nvcc --version` must print
 # Bump when the code that lays out CUDA or configures the image changes what
 # lands in it, so that images made by the old code are not reused.
 LAYOUT_VERSION = 1
+# Bump when the code that makes the Debian tarball changes what it holds
+# (2: the root directory is 0755, not the scratch directory's 0700).
+DEBIAN_TREE_VERSION = 2
 
 IMAGE_NAME = "localhost/sparkforge-standin"
 IMAGE_ENV = (
@@ -196,7 +199,8 @@ class Recipe:
     def debian_digest(self) -> str:
         """Names the debootstrap cache: a change to the wheels does not redo Debian."""
         packages, excludes = list(self.packages), list(self.excludes)
-        return _digest([self.arch, self.suite, self.mirror, "minbase", packages, excludes])
+        return _digest([self.arch, self.suite, self.mirror, "minbase", packages, excludes,
+                        DEBIAN_TREE_VERSION])
 
     def digest(self) -> str:
         """Names the image: only this arch's wheel hashes count."""
@@ -419,6 +423,9 @@ def _debootstrap(recipe: Recipe, cache_dir: Path, steps: _Steps) -> Path:
             what=f"debootstrap {recipe.suite} {recipe.arch}",
             hint=f"check that {recipe.mirror} is reachable and has {recipe.suite} for {recipe.arch}",
         )  # fmt: skip
+        # The scratch directory is 0700 and tar records "./" as it is: a root filesystem
+        # that only root can enter (an engine imports it as is, and builds run as uid 1000).
+        tree.chmod(0o755)
         partial = tarball.with_suffix(".tar.partial")
         excludes = [f"--exclude={pattern}" for pattern in recipe.excludes]
         steps.run(
@@ -644,8 +651,9 @@ def _verify(engine: str, ref: str, arch: str, steps: _Steps) -> None:
         raise StandinError(f"the sm_121 probe in {ref} printed no result: {_last_line(probe)}")
     facts = standin_traits.load_facts()
     traits = steps.run(
+        # As uid 1000, as builds run: a root filesystem only root can enter fails here.
         podman_run_argv(ref, arch, "sh", "-c", "getent passwd 1000; apt-mark showhold",
-                        engine=engine, extra=["--network=none", "--entrypoint="]),
+                        engine=engine, extra=["--network=none", "--entrypoint=", "--user=1000:1000"]),
         what="reading the account and held packages of the new image",
         hint=hint,
     )  # fmt: skip

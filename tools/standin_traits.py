@@ -30,9 +30,10 @@ from pathlib import Path
 BASE = "nvidia/cuda:13.0.1-devel-ubuntu24.04"
 BUILDER_FACTS = Path(__file__).resolve().parent.parent / "builder.toml"
 # Bump when the code below changes what lands in the image.
-TRAITS_VERSION = 1
+TRAITS_VERSION = 2
 MULTIARCH = {"amd64": "x86_64-linux-gnu", "arm64": "aarch64-linux-gnu"}
 REPO_DIR = "/var/lib/sparkforge-standin/nvidia-repo"
+INSTALLED_DIR = "/var/lib/sparkforge-standin/installed"
 ENTRYPOINT = "/opt/nvidia/nvidia_entrypoint.sh"
 # A stand-in for NVIDIA's entrypoint: a banner on stdout before every command, as theirs.
 ENTRYPOINT_SCRIPT = """\
@@ -168,13 +169,25 @@ def write_context(context: Path, base_ref: str, facts: dict[str, object], arch: 
                   run: Callable[[list[str]], None]) -> Path:  # fmt: skip
     """The build context that layers the facts on ``base_ref``; returns its Containerfile."""
     installed, repository = packages(facts, arch)
-    (context / "installed").mkdir(parents=True)
-    (context / "repo").mkdir()
+    # Everything the layer adds, laid out as it lands: one COPY (each instruction is a full
+    # copy of the root filesystem on a vfs-backed docker without BuildKit).
+    root = context / "root"
+    staged = root / INSTALLED_DIR.lstrip("/")
+    repo = root / REPO_DIR.lstrip("/")
+    staged.mkdir(parents=True)
+    repo.mkdir(parents=True)
     for deb in installed:
-        build_deb(deb, context / "installed", run)
-    built = [(deb, build_deb(deb, context / "repo", run)) for deb in repository]
-    (context / "repo" / "Packages").write_text(packages_index(built))
-    (context / "nvidia_entrypoint.sh").write_text(ENTRYPOINT_SCRIPT)
+        build_deb(deb, staged, run)
+    built = [(deb, build_deb(deb, repo, run)) for deb in repository]
+    (repo / "Packages").write_text(packages_index(built))
+    entrypoint = root / ENTRYPOINT.lstrip("/")
+    entrypoint.parent.mkdir(parents=True)
+    entrypoint.write_text(ENTRYPOINT_SCRIPT)
+    entrypoint.chmod(0o755)
+    # COPY root/ / may give / the mode of root/ (BuildKit does): every directory 0755, as
+    # in the base, whatever the umask or the scratch directory's mode.
+    for directory in [root, *(p for p in root.rglob("*") if p.is_dir())]:
+        directory.chmod(0o755)
     users: dict[str, int] = dict(facts.get("user", {}))  # type: ignore[call-overload]
     env = {**dict(facts.get("env", {})), **dict(dict(facts.get("arch_env", {})).get(arch, {}))}  # type: ignore[call-overload]
     held = " ".join(dict(facts.get("held", {})))  # type: ignore[call-overload]
@@ -184,16 +197,13 @@ def write_context(context: Path, base_ref: str, facts: dict[str, object], arch: 
     )
     lines = [
         f"FROM {base_ref}",
-        f"COPY repo/ {REPO_DIR}/",
-        "COPY installed/ /tmp/standin-installed/",
-        f"COPY nvidia_entrypoint.sh {ENTRYPOINT}",
+        "COPY root/ /",
         # NVIDIA's repository is configured in /etc/apt/sources.list.d/cuda.list; here it is a
         # local copy, so apt behaves the same offline.
-        f"RUN {accounts} \\\n && dpkg -i /tmp/standin-installed/*.deb && rm -rf /tmp/standin-installed"
+        f"RUN {accounts} \\\n && dpkg -i {INSTALLED_DIR}/*.deb && rm -rf {INSTALLED_DIR}"
         f" \\\n && apt-mark hold {held}"
-        f" \\\n && echo 'deb [trusted=yes] file:{REPO_DIR} ./' > /etc/apt/sources.list.d/cuda.list"
-        f" \\\n && chmod 0755 {ENTRYPOINT}",
-        *(f"ENV {key}={json.dumps(value)}" for key, value in env.items()),
+        f" \\\n && echo 'deb [trusted=yes] file:{REPO_DIR} ./' > /etc/apt/sources.list.d/cuda.list",
+        "ENV " + " \\\n    ".join(f"{key}={json.dumps(value)}" for key, value in env.items()),
         f'ENTRYPOINT ["{ENTRYPOINT}"]',
         'CMD ["/bin/bash"]',
         f"LABEL org.sparkforge.standin.traits={facts_digest(facts)}",

@@ -1,9 +1,10 @@
 """Which CUDA libraries (cuDNN, NCCL, cuSPARSELt) a build compiles against, and their versions.
 
 For the container runner the answer comes from ``builder.toml`` (what NVIDIA's
-base image provides, from its published Dockerfiles) and from the
-``ARG``s of ``Dockerfile.builder`` that pin what the image adds, overridden by
-``--build-arg``: known offline, before any image exists. For the host runner it
+base image provides, from its published Dockerfiles), from the ``ARG``s of
+``Dockerfile.builder`` that pin what the image adds, overridden by
+``--build-arg``, and from the pins of ``builder-tools.txt`` for libraries the
+image takes from PyPI wheels: known offline, before any image exists. For the host runner it
 is read from the version macros of the headers the compiler would find.
 """
 
@@ -13,6 +14,8 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
 from pydantic import Field
 
 from .consistency import BuilderLibraries
@@ -48,6 +51,8 @@ class BuilderFile(StrictModel):
     bases: dict[str, BaseImageFacts] = Field(default_factory=dict)
     # Dockerfile.builder ARGs that pin a library the image adds: ARG name -> library.
     args: dict[str, str] = Field(default_factory=dict)
+    # builder-tools.txt distributions that provide a library: distribution -> library.
+    tools: dict[str, str] = Field(default_factory=dict)
 
 
 def load_builder_file(project: Path) -> BuilderFile:
@@ -84,13 +89,45 @@ def container_libraries(
         return None
     versions = dict(base.libraries)
     args = {**dockerfile_args(dockerfile), **build_args}
+    for arg in facts.args:
+        if arg in base.env:
+            # In a RUN step an inherited ENV wins over a build ARG of the same name.
+            raise ConfigError(
+                f"{dockerfile}: ARG {arg} is shadowed by the base image's ENV {arg} "
+                f"({base_image}, builder.toml); rename the ARG (and its builder.toml [args] key)"
+            )
     for arg, library in facts.args.items():
         value = args.get(arg, "")
         if value:
             versions[library] = value
         else:
             versions.pop(library, None)
-    return BuilderLibraries(versions, f"{base_image} per builder.toml, + {dockerfile.name} ARGs")
+    pins = tool_pins(dockerfile.parent / "builder-tools.txt")
+    for dist, library in facts.tools.items():
+        if canonicalize_name(dist) in pins:
+            versions[library] = pins[canonicalize_name(dist)]
+    return BuilderLibraries(
+        versions, f"{base_image} per builder.toml, + {dockerfile.name} ARGs and builder-tools.txt"
+    )
+
+
+def tool_pins(path: Path) -> dict[str, str]:
+    """``name==version`` pins of a hashed requirements file (builder-tools.txt)."""
+    if not is_file(path):
+        return {}
+    pins: dict[str, str] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        text = line.split("#", 1)[0].split(" --hash", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            requirement = Requirement(text)
+        except InvalidRequirement as exc:
+            raise ConfigError(f"{path}:{number}: not a requirement ({exc})") from None
+        spec = next(iter(requirement.specifier), None)
+        if spec is not None and spec.operator == "==":
+            pins[canonicalize_name(requirement.name)] = spec.version
+    return pins
 
 
 def host_libraries(cuda_home: str, machine: str) -> BuilderLibraries:

@@ -35,7 +35,7 @@ from .resolve import lock_entry
 from .runners import ContainerRunner, HostRunner, Runner
 from .smoke import SKIPPED, declared_dependencies, run_smoke, run_smoke_in_container
 from .sources import materialize
-from .targets import DEFAULT_TARGET, available_targets, load_target
+from .targets import DEFAULT_TARGET, Target, available_targets, load_target
 from .workspace import Workspace
 
 console = Console(highlight=False, soft_wrap=True)
@@ -230,7 +230,7 @@ def _plans(args: argparse.Namespace, project: Path, workspace: Workspace, names:
         installed: dict[str, tuple[str, str]] = {}
         for need in sorted(set(recipe.spec.needs) & set(getattr(args, "installed_need", []))):
             dist = load_recipe(project, need).spec.dist
-            installed[need] = runner.installed(load_target(project, args.target), dist)
+            installed[need] = runner.installed(_build_target(project, args), dist)
         needs = {need: visit(need, recipe.need_version(resolved, need))
                  for need in sorted(recipe.spec.needs) if need not in installed}  # fmt: skip
         # A preflight or a bundle builds none of the needs: their plans give keys and versions.
@@ -304,7 +304,7 @@ def _from_bundle(args: argparse.Namespace) -> tuple[Path, Workspace, list[BuildP
     args.version = manifest["version"]
     runner = _runner(args, unpacked.project, unpacked.workspace)
     recipe = load_recipe(unpacked.project, args.recipe)
-    installed = {need: runner.installed(load_target(unpacked.project, args.target),
+    installed = {need: runner.installed(_build_target(unpacked.project, args),
                                         load_recipe(unpacked.project, need).spec.dist)
                  for need in set(recipe.spec.needs) & set(args.installed_need)}  # fmt: skip
     keys = {n: k for n, k in dict(manifest["need_keys"]).items() if n not in installed}
@@ -315,6 +315,14 @@ def _from_bundle(args: argparse.Namespace) -> tuple[Path, Workspace, list[BuildP
                     need_versions={**versions, **{n: v for n, (v, _) in installed.items()}},
                     installed_needs={n: s for n, (_, s) in installed.items()})  # fmt: skip
     return unpacked.project, unpacked.workspace, [the_plan]
+
+
+def _build_target(project: Path, args: argparse.Namespace) -> Target:
+    """The target as this build sees it: ``--python`` overrides its interpreter version."""
+    target = load_target(project, args.target)
+    if getattr(args, "python", None):
+        target = dataclasses.replace(target, python=args.python)
+    return target
 
 
 def _settings_words(args: argparse.Namespace) -> str:
@@ -350,13 +358,31 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 
 def cmd_build(args: argparse.Namespace) -> int:
     """Build a recipe, after building (or finding up to date) what it needs."""
-    started = time.monotonic()
-    if args.from_bundle:
-        project, workspace, plans = _from_bundle(args)
-    else:
+    if not args.from_bundle:
         project = args.project.resolve()
         workspace = Workspace.locate(args.workspace)
-        plans = _plans(args, project, workspace, [args.recipe], top=args.recipe)
+        return _build_plans(args, workspace, _plans(args, project, workspace, [args.recipe],
+                                                    top=args.recipe))  # fmt: skip
+    started = time.monotonic()
+    _, workspace, plans = _from_bundle(args)
+    scratch = workspace.root.parent  # the unpacked bundle: project, workspace, build tree
+    try:
+        code = _build_plans(args, workspace, plans, started)
+    except BaseException:
+        print(f"note: the unpacked bundle, build tree and logs stay in {scratch}; delete it when "
+              "done", file=sys.stderr)  # fmt: skip
+        raise
+    if code == 0 and not args.dry_run and not args.keep_build_dir:
+        shutil.rmtree(scratch, ignore_errors=True)
+    elif code == 0 and args.keep_build_dir:
+        console.print(f"kept: the unpacked bundle and build tree in {scratch}")
+    return code
+
+
+def _build_plans(args: argparse.Namespace, workspace: Workspace, plans: list[BuildPlan],
+                 started: float | None = None) -> int:  # fmt: skip
+    """Dry run, preflight or build of ``plans`` (needs first, the recipe asked for last)."""
+    started = time.monotonic() if started is None else started
     the_plan = plans[-1]
     if args.dry_run:
         if the_plan.blocked_by:

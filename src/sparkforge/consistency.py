@@ -31,7 +31,7 @@ from packaging.version import InvalidVersion, Version
 
 from .lock import LockEntry
 from .recipes import Recipe
-from .targets import Target
+from .targets import Target, marker_environment
 
 #: ``nvidia-*`` wheels that carry a library the builder compiles against, by library.
 LIBRARY_WHEELS: dict[str, str] = {
@@ -64,21 +64,6 @@ class BuilderLibraries:
 
     versions: Mapping[str, str]  # "cudnn" -> "9.13.0.50"
     source: str
-
-
-def marker_environment(target: Target) -> dict[str, str]:
-    """PEP 508 marker values on the target machine."""
-    return {
-        "python_version": target.python,
-        "python_full_version": f"{target.python}.0",
-        "platform_machine": target.machine,
-        "platform_system": "Linux",
-        "sys_platform": "linux",
-        "os_name": "posix",
-        "implementation_name": "cpython",
-        "platform_python_implementation": "CPython",
-        "extra": "",
-    }
 
 
 def applies(requirement: Requirement, target: Target) -> bool:

@@ -83,8 +83,11 @@ class Engine:
 
 
 def _last_line(text: str) -> str:
+    """The line that says what went wrong: the last one naming an error, else the last one
+    (docker ends its errors with "See 'docker run --help'.")."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else "no output"
+    errors = [line for line in lines if "error" in line.lower()]
+    return (errors or lines or ["no output"])[-1].rstrip(".")
 
 
 def find_engine(choice: str | None, settings: EnginesFile, *, required: bool = True) -> Engine:

@@ -38,7 +38,7 @@ from packaging.version import InvalidVersion, Version
 from .errors import ConfigError, WheelhouseError
 from .index import StoredWheel, Wheelhouse
 from .resolve import platform_tags
-from .targets import Target
+from .targets import Target, marker_environment
 
 
 @dataclass(frozen=True)
@@ -164,22 +164,6 @@ def _version(
     return [wheel for wheel in available[project] if Version(wheel.version) == pick]
 
 
-def target_environment(target: Target) -> dict[str, str]:
-    """PEP 508 marker values of the target's interpreter."""
-    return {
-        "python_version": target.python,
-        "python_full_version": f"{target.python}.0",
-        "implementation_version": f"{target.python}.0",
-        "platform_machine": target.machine,
-        "platform_system": "Linux",
-        "sys_platform": "linux",
-        "os_name": "posix",
-        "implementation_name": "cpython",
-        "platform_python_implementation": "CPython",
-        "extra": "",
-    }
-
-
 def _requires_dist(wheels: Iterable[StoredWheel]) -> list[Requirement]:
     """Requires-Dist of every file of a version, read from the PEP 658 sidecars."""
     found: dict[str, Requirement] = {}
@@ -200,7 +184,7 @@ def _requirements(wheels: Sequence[StoredWheel], target: Target | None) -> list[
     requirements = _requires_dist(wheels)
     if target is None:
         return requirements
-    environment = target_environment(target)
+    environment = marker_environment(target)
     return [r for r in requirements if r.marker is None or r.marker.evaluate(environment)]
 
 
@@ -313,7 +297,7 @@ def marker_warnings(versions: Iterable[Sequence[StoredWheel]], target: Target) -
     """
     here = {key: str(value) for key, value in default_environment().items()}
     here.update(python_version=target.python, python_full_version=f"{target.python}.0", extra="")
-    there = target_environment(target)
+    there = marker_environment(target)
     found = []
     for wheels in versions:
         for requirement in _requires_dist(wheels):

@@ -118,7 +118,7 @@ def run(plan: BuildPlan, console: Console, *, upstream_needs: bool = False) -> P
                 if code != 0:
                     fetched = _downloads(output)
                     why = (f"it tried to download ({fetched[0].strip()[:120]}); stage that input "
-                           "as an asset" if fetched else "see the log tail above")  # fmt: skip
+                           "as an asset" if fetched else _reason(output))  # fmt: skip
                     raise BuildError(
                         f"{label}: `{argv[0]} …` exited with {code}: {why}; log: {log_path}"
                     )
@@ -233,6 +233,18 @@ def _inspect(plan: BuildPlan, output: list[str], label: str) -> list[str]:
             f"{feature} is on ({Path(where).name if file != CONFIGURE_OUTPUT else where}: {shown})"
         )
     return passed
+
+
+def _reason(output: list[str]) -> str:
+    """What a failed configure said: CMake's first error with its message, else the last
+    line naming an error, else its last line."""
+    lines = [line.strip() for line in output if line.strip()]
+    for number, line in enumerate(lines):
+        if line.startswith("CMake Error"):
+            detail = lines[number + 1] if number + 1 < len(lines) else ""
+            return f"{line} {detail}".strip()[:300]
+    errors = [line for line in lines if "error" in line.lower()]
+    return (errors or lines or ["no output"])[-1][:300]
 
 
 def _downloads(lines: list[str]) -> list[str]:

@@ -143,3 +143,20 @@ def load_target(project: Path, name: str) -> Target:
         path=path,
         reference_machine=data.reference_machine,
     )
+
+
+def marker_environment(target: Target) -> dict[str, str]:
+    """PEP 508 marker values of the target's interpreter (evaluating requirements' markers
+    for the target, not for this machine)."""
+    return {
+        "python_version": target.python,
+        "python_full_version": f"{target.python}.0",
+        "implementation_version": f"{target.python}.0",
+        "platform_machine": target.machine,
+        "platform_system": "Linux",
+        "sys_platform": "linux",
+        "os_name": "posix",
+        "implementation_name": "cpython",
+        "platform_python_implementation": "CPython",
+        "extra": "",
+    }
