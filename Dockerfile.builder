@@ -26,9 +26,9 @@ ARG BUILDER_CUDNN_VERSION=9.13.0.50-1
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
-# Not pinned per package (DL3008): the base image is pinned by digest, the CUDA
-# libraries above are pinned, and every build records the toolchain in provenance.
 # nlohmann-json3-dev is triton's JSON_SYSPATH (its offline build must not download it).
+# DL3008: not pinned per package: the base image is pinned by digest, the CUDA
+# libraries below are pinned, and every build records the toolchain in provenance.
 # hadolint ignore=DL3008
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
@@ -36,6 +36,8 @@ RUN apt-get update \
       patch patchelf python3 python3-dev python3-venv \
  && rm -rf /var/lib/apt/lists/*
 
+# DL3008: each package here is pinned, to a build argument's version (hadolint cannot
+# see through the array).
 # hadolint ignore=DL3008
 RUN packages=() \
  && if [ -n "${BUILDER_NCCL_VERSION}" ]; then packages+=("libnccl2=${BUILDER_NCCL_VERSION}" "libnccl-dev=${BUILDER_NCCL_VERSION}"); fi \

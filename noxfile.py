@@ -151,9 +151,15 @@ def serve_index(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The whole test suite (GPU tests skip without a CUDA device)."""
+    """The whole test suite (GPU tests skip without a CUDA device).
+
+    Two workers by default, a test file each at a time (`--dist loadfile`: a file's
+    fixtures stay in one process): much of the suite waits on downloads, container
+    image layers and apt, not on the CPU. Arguments replace these defaults.
+    """
     _install(session, "[test]")
-    session.run("pytest", *session.posargs)
+    default = ["-n", "2", "--dist", "loadfile", "--durations", "15"]
+    session.run("pytest", *(session.posargs or default))
 
 
 @nox.session

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
@@ -10,7 +11,8 @@ import subprocess
 import sys
 import textwrap
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
@@ -188,6 +190,16 @@ def snapshot(root: Path) -> dict[str, str]:
     return out
 
 
+@contextmanager
+def locked(directory: Path) -> Iterator[None]:
+    """Hold ``directory``'s lock file: one process fills a shared download or venv cache
+    at a time (pytest-xdist workers share pytest's cache and the base temp directory)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory.parent / f".{directory.name}.lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def git(cwd: Path, *args: str) -> str:
     return subprocess.run(
         ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
@@ -221,14 +233,15 @@ LISTING = re.compile(r"^(ELF|PTX) file\s+\d+: .*\.(sm_\d+[af]?)\.(?:cubin|ptx)$"
 def cuobjdump(request: pytest.FixtureRequest) -> Path:
     """cuobjdump from PyPI in a venv cached under pytest's cache directory."""
     venv = request.config.cache.mkdir("sparkforge-cuobjdump")
-    found = sorted(venv.glob("lib/python*/site-packages/nvidia/*/bin/cuobjdump"))
-    if not found:
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        subprocess.run(
-            [str(venv / "bin/python"), "-m", "pip", "install", "--quiet", CUOBJDUMP], check=True
-        )
+    with locked(venv):  # pytest-xdist workers share this cache
         found = sorted(venv.glob("lib/python*/site-packages/nvidia/*/bin/cuobjdump"))
-    return found[0]
+        if not found:
+            subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+            subprocess.run(
+                [str(venv / "bin/python"), "-m", "pip", "install", "--quiet", CUOBJDUMP], check=True
+            )
+            found = sorted(venv.glob("lib/python*/site-packages/nvidia/*/bin/cuobjdump"))
+        return found[0]
 
 
 def cuobjdump_listing(cuobjdump: Path, library: Path) -> Counter[str]:
@@ -278,53 +291,54 @@ def cuda_overlay(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not (real / "bin" / "nvcc").exists():
         pytest.skip("no CUDA toolkit at /usr/local/cuda")
     cache = tmp_path_factory.getbasetemp().parent / "sparkforge-cuda-wheels"
-    trees: list[Path] = []
-    unversioned: list[str] = []
-    for requirement, pattern, sha256, names in OVERLAY_WHEELS:
-        wheel = next(iter(cache.glob(pattern)), None)
-        if wheel is None:
-            subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-                            "--only-binary=:all:", "--platform", "manylinux_2_27_x86_64",
-                            "--platform", "manylinux_2_12_x86_64", "--python-version", "3.12", "-d", str(cache), requirement],
-                           check=True)  # fmt: skip
-            wheel = next(cache.glob(pattern))
-        assert hashlib.sha256(wheel.read_bytes()).hexdigest() == sha256, wheel
-        unpacked = cache / f"unpacked-{requirement}"
-        if not unpacked.exists():
-            shutil.unpack_archive(wheel, unpacked, "zip")
-        trees.append(unpacked / "nvidia" / "cu13")
-        unversioned += names
-    overlay = tmp_path_factory.mktemp("cuda-overlay")
-    for entry in real.iterdir():
-        if entry.name not in ("bin", "include", "lib", "lib64", "targets"):
-            (overlay / entry.name).symlink_to(entry)
-    # nvcc finds its tree from where it runs (nvcc.profile: TOP = $(_HERE_)/..): copied, not linked.
-    (overlay / "bin").mkdir()
-    for entry in (real / "bin").iterdir():
-        if entry.name in ("nvcc", "nvcc.profile"):
-            shutil.copy2(entry, overlay / "bin" / entry.name)
-        else:
-            (overlay / "bin" / entry.name).symlink_to(entry)
-    for name in ("include", "lib"):
-        (overlay / name).mkdir()
-        for source in (real / name, *(tree / name for tree in trees)):
-            for entry in source.iterdir():
-                if not (overlay / name / entry.name).exists():
-                    (overlay / name / entry.name).symlink_to(entry)
-    (overlay / "lib64").symlink_to("lib")
-    target = overlay / "targets" / f"{os.uname().machine}-linux"
-    target.mkdir(parents=True)
-    (target / "include").symlink_to("../../include")
-    (target / "lib").symlink_to("../../lib")
-    for name in unversioned:
-        if not (overlay / "lib" / f"{name}.so").exists():
-            (overlay / "lib" / f"{name}.so").symlink_to(f"{name}.so.13")
-    # A full toolkit ships lib64/stubs/libcuda.so (cuda-driver-dev) for linking without a
-    # driver; no PyPI wheel carries it. Configure only looks the file up (CUDA::cuda_driver),
-    # so an empty shared library stands for it here; nothing is linked against it.
-    stub = tmp_path_factory.mktemp("stub") / "stub.c"
-    stub.write_text("void sparkforge_libcuda_stub(void) {}\n")
-    (overlay / "lib" / "stubs").mkdir()
-    subprocess.run(["gcc", "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o",
-                    str(overlay / "lib" / "stubs" / "libcuda.so"), str(stub)], check=True)  # fmt: skip
-    return overlay
+    with locked(cache):  # pytest-xdist workers share this cache
+        trees: list[Path] = []
+        unversioned: list[str] = []
+        for requirement, pattern, sha256, names in OVERLAY_WHEELS:
+            wheel = next(iter(cache.glob(pattern)), None)
+            if wheel is None:
+                subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                                "--only-binary=:all:", "--platform", "manylinux_2_27_x86_64",
+                                "--platform", "manylinux_2_12_x86_64", "--python-version", "3.12", "-d", str(cache), requirement],
+                               check=True)  # fmt: skip
+                wheel = next(cache.glob(pattern))
+            assert hashlib.sha256(wheel.read_bytes()).hexdigest() == sha256, wheel
+            unpacked = cache / f"unpacked-{requirement}"
+            if not unpacked.exists():
+                shutil.unpack_archive(wheel, unpacked, "zip")
+            trees.append(unpacked / "nvidia" / "cu13")
+            unversioned += names
+        overlay = tmp_path_factory.mktemp("cuda-overlay")
+        for entry in real.iterdir():
+            if entry.name not in ("bin", "include", "lib", "lib64", "targets"):
+                (overlay / entry.name).symlink_to(entry)
+        # nvcc finds its tree from where it runs (nvcc.profile: TOP = $(_HERE_)/..): copied, not linked.
+        (overlay / "bin").mkdir()
+        for entry in (real / "bin").iterdir():
+            if entry.name in ("nvcc", "nvcc.profile"):
+                shutil.copy2(entry, overlay / "bin" / entry.name)
+            else:
+                (overlay / "bin" / entry.name).symlink_to(entry)
+        for name in ("include", "lib"):
+            (overlay / name).mkdir()
+            for source in (real / name, *(tree / name for tree in trees)):
+                for entry in source.iterdir():
+                    if not (overlay / name / entry.name).exists():
+                        (overlay / name / entry.name).symlink_to(entry)
+        (overlay / "lib64").symlink_to("lib")
+        target = overlay / "targets" / f"{os.uname().machine}-linux"
+        target.mkdir(parents=True)
+        (target / "include").symlink_to("../../include")
+        (target / "lib").symlink_to("../../lib")
+        for name in unversioned:
+            if not (overlay / "lib" / f"{name}.so").exists():
+                (overlay / "lib" / f"{name}.so").symlink_to(f"{name}.so.13")
+        # A full toolkit ships lib64/stubs/libcuda.so (cuda-driver-dev) for linking without a
+        # driver; no PyPI wheel carries it. Configure only looks the file up (CUDA::cuda_driver),
+        # so an empty shared library stands for it here; nothing is linked against it.
+        stub = tmp_path_factory.mktemp("stub") / "stub.c"
+        stub.write_text("void sparkforge_libcuda_stub(void) {}\n")
+        (overlay / "lib" / "stubs").mkdir()
+        subprocess.run(["gcc", "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o",
+                        str(overlay / "lib" / "stubs" / "libcuda.so"), str(stub)], check=True)  # fmt: skip
+        return overlay

