@@ -206,6 +206,19 @@ def git(cwd: Path, *args: str) -> str:
     ).stdout.strip()
 
 
+def build_with_runners(
+    args: list[str], runners: dict[str, list[str]], wheelhouses: Path
+) -> dict[str, Path]:
+    """``sparkforge build *args`` once per runner (its extra options), each into its own
+    wheelhouse under ``wheelhouses``; the wheel each produced."""
+    wheels: dict[str, Path] = {}
+    for runner, extra in runners.items():
+        wheelhouse = wheelhouses / f"wheelhouse-{runner}"
+        assert main(["build", *args, *extra, "--wheelhouse", str(wheelhouse)]) == 0, runner
+        (wheels[runner],) = (wheelhouse / "files").glob("*.whl")
+    return wheels
+
+
 def git_repo(path: Path, files: dict[str, str]) -> str:
     """A new repository at ``path`` with ``files`` in one commit; returns the commit."""
     identity = ["-c", "user.name=t", "-c", "user.email=t@t"]

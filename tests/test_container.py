@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, copy_project
+from conftest import REPO, build_with_runners, copy_project
 from sparkforge.cli import main
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]
@@ -40,19 +40,16 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = ensure_standin("amd64", log=lambda line: print(line, flush=True))
     project = copy_project(tmp_path_factory.mktemp("container-project"))
     workspace = tmp_path_factory.mktemp("container-ws")
-    wheels: dict[str, Path] = {}
-    for runner, extra in {
-        "host": ["--runner", "host"],
-        "container": ["--runner", "container", "--engine", "podman", "--engines",
-                      str(REPO / "ci" / "engines.toml"), "--base-image", base,
-                      "--allow-unpinned-base"],
-    }.items():  # fmt: skip
-        wheelhouse = project / f"wheelhouse-{runner}"
-        args = ["build", *COMMON, *extra, "--project", str(project), "--workspace", str(workspace),
-                "--wheelhouse", str(wheelhouse)]  # fmt: skip
-        assert main(args) == 0, runner
-        (wheels[runner],) = (wheelhouse / "files").glob("*.whl")
-    return wheels
+    return build_with_runners(
+        [*COMMON, "--project", str(project), "--workspace", str(workspace)],
+        {
+            "host": ["--runner", "host"],
+            "container": ["--runner", "container", "--engine", "podman", "--engines",
+                          str(REPO / "ci" / "engines.toml"), "--base-image", base,
+                          "--allow-unpinned-base"],
+        },
+        project,
+    )  # fmt: skip
 
 
 def test_container_build_is_a_real_manylinux_wheel_with_both_archs(builds: dict[str, Path]) -> None:

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, copy_project
-from sparkforge.cli import main
+from conftest import REPO, build_with_runners, copy_project
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 
@@ -140,18 +139,14 @@ def test_docker_container_build_equals_the_host_build(
     docker: str, standin: str, tmp_path: Path
 ) -> None:
     project = copy_project(tmp_path / "project")
-    wheels: dict[str, Path] = {}
     common = ["sm121-probe", "--target", "hopper", "--cuda-arch", "121", "--python", "3.11",
               "--project", str(project), "--workspace", str(tmp_path / "ws")]  # fmt: skip
-    for runner, extra in {
+    wheels = build_with_runners(common, {
         "host": ["--runner", "host"],
         "docker": ["--runner", "container", "--engine", "docker", "--engines",
                    str(REPO / "ci" / "engines.toml"), "--base-image", standin,
                    "--allow-unpinned-base"],
-    }.items():  # fmt: skip
-        wheelhouse = tmp_path / f"wheelhouse-{runner}"
-        assert main(["build", *common, *extra, "--wheelhouse", str(wheelhouse)]) == 0, runner
-        (wheels[runner],) = (wheelhouse / "files").glob("*.whl")
+    }, tmp_path)  # fmt: skip
     assert wheels["host"].name == wheels["docker"].name
     digests = {k: hashlib.sha256(v.read_bytes()).hexdigest() for k, v in wheels.items()}
     assert digests["host"] == digests["docker"], digests

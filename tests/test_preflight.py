@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CliRunner, copy_project, snapshot
+from conftest import CliResult, CliRunner, copy_project, snapshot
 from sparkforge.preflight import cuda_codes
 
 pytestmark = pytest.mark.slow
@@ -46,47 +46,43 @@ def test_probe_preflight_configures_offline_and_finds_both_archs(
     assert snapshot(tmp_path / "wh") == {}, "a preflight never touches the wheelhouse"
 
 
-def _edit_probe_preflight(project: Path, old: str, new: str) -> None:
+def _broken_probe(cli: CliRunner, tmp_path: Path, old: str, new: str) -> CliResult:
+    """The probe's preflight with ``old`` replaced by ``new`` in its recipe: it fails (1)."""
+    project = copy_project(tmp_path / "project")
     recipe = project / "recipes" / "sm121-probe" / "recipe.toml"
     text = recipe.read_text()
     assert old in text
     recipe.write_text(text.replace(old, new))
+    result = cli(*PROBE, *_args(project, tmp_path))
+    assert result.code == 1
+    return result
 
 
 def test_a_configure_without_the_targets_arch_is_one_line(cli: CliRunner, tmp_path: Path) -> None:
     """The flags configure generated must hold code for every GPU the wheel is for."""
-    project = copy_project(tmp_path / "project")
-    _edit_probe_preflight(project, '-DCMAKE_CUDA_ARCHITECTURES=\\"{cuda_archs}\\"',
-                          '-DCMAKE_CUDA_ARCHITECTURES=90-real')  # fmt: skip
-    result = cli(*PROBE, *_args(project, tmp_path))
-    assert result.code == 1
+    result = _broken_probe(cli, tmp_path, '-DCMAKE_CUDA_ARCHITECTURES=\\"{cuda_archs}\\"',
+                           "-DCMAKE_CUDA_ARCHITECTURES=90-real")  # fmt: skip
     error = result.err.strip().splitlines()[-1]
     assert re.search(r"the generated CUDA flags \(build\.ninja\) hold sm_90; nothing of it runs on "
                      r"sm_121 \(hopper\)", error), error  # fmt: skip
 
 
 def test_a_feature_switched_off_is_one_line(cli: CliRunner, tmp_path: Path) -> None:
-    project = copy_project(tmp_path / "project")
-    _edit_probe_preflight(project, 'pattern = "sm121-probe: CUDA architectures: [0-9]" }',
-                          'pattern = "sm121-probe: CUDA", absent = true }')  # fmt: skip
-    result = cli(*PROBE, *_args(project, tmp_path))
-    assert result.code == 1
+    result = _broken_probe(cli, tmp_path, 'pattern = "sm121-probe: CUDA architectures: [0-9]" }',
+                           'pattern = "sm121-probe: CUDA", absent = true }')  # fmt: skip
     assert "the explicit CUDA arch list is off: the configure output says" in result.err
 
 
 def test_a_download_during_configure_is_caught(cli: CliRunner, tmp_path: Path) -> None:
     """Configure runs with no network: a FetchContent/file(DOWNLOAD) fails, and says so."""
-    project = copy_project(tmp_path / "project")
     script = tmp_path / "fetch.cmake"
     script.write_text(
         'file(DOWNLOAD "https://pypi.org/simple/" "${CMAKE_CURRENT_LIST_DIR}/x" STATUS s)\n'
         'list(GET s 0 code)\nlist(GET s 1 why)\n'
         'if(NOT code EQUAL 0)\n  message(FATAL_ERROR "Downloading https://pypi.org/simple/ failed: ${why}")\nendif()\n'
     )  # fmt: skip
-    _edit_probe_preflight(project, "configure = [\"sh -c 'cmake -S .",
-                          f"configure = [\"cmake -P {script}\", \"sh -c 'cmake -S .")  # fmt: skip
-    result = cli(*PROBE, *_args(project, tmp_path))
-    assert result.code == 1
+    result = _broken_probe(cli, tmp_path, "configure = [\"sh -c 'cmake -S .",
+                           f"configure = [\"cmake -P {script}\", \"sh -c 'cmake -S .")  # fmt: skip
     assert "it tried to download (" in result.err and "stage that input as an asset" in result.err
 
 

@@ -716,6 +716,13 @@ def _rootfs(recipe: Recipe, cache_dir: Path, steps: _Steps) -> Path:
         steps.step("assemble the root filesystem tarball")
         _assemble(base_tar, work / "stage", work / "rootfs.tar", steps)
         (work / "rootfs.tar").replace(tarball)
+    # Older recipes' tarballs (hundreds of MB each) are of no further use.
+    for stale in cache_dir.glob(f"rootfs-{recipe.arch}-*.tar"):
+        if stale != tarball:
+            stale.unlink()
+    for stale in cache_dir.glob(f"debootstrap-{recipe.arch}-*.tar"):
+        if stale != base_tar:
+            stale.unlink()
     return tarball
 
 

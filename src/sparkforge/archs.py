@@ -86,6 +86,13 @@ def cmake_architectures(archs: tuple[CudaArch, ...], *, ptx: bool) -> str:
     return ";".join(items)
 
 
+def arch_list_a(archs: tuple[CudaArch, ...]) -> str:
+    """FlashInfer's form: space-separated X.Y, arch-specific (``a``) from 9.0 on."""
+    return " ".join(
+        dict.fromkeys(f"{a.major}.{a.minor}{'a' if a.major >= 9 else ''}" for a in archs)
+    )
+
+
 def torch_arch_list(archs: tuple[CudaArch, ...], *, ptx: bool) -> str:
     """``TORCH_CUDA_ARCH_LIST`` (``9.0;12.1``, ``+PTX`` on the newest if asked)."""
     items = [a.torch for a in archs]

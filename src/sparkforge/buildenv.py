@@ -57,6 +57,18 @@ def stage_tools(requirements_file: Path, *, manylinux: str, dest: Path) -> None:
     _run(argv, f"download the builder tools in {requirements_file.name} for {manylinux}")
 
 
+def _download_for(python: str, manylinux: str, dest: Path) -> list[str]:
+    """``pip download`` of binary wheels into ``dest`` for another machine: the target's
+    CPython (its own ABI, the stable ABI or none) and every manylinux tag it accepts."""
+    nodot = python.replace(".", "")
+    argv = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+            "--only-binary=:all:", "--python-version", python, "--implementation", "cp",
+            "--abi", f"cp{nodot}", "--abi", "abi3", "--abi", "none", "-d", str(dest)]  # fmt: skip
+    for tag in platform_tags(manylinux):
+        argv += ["--platform", tag]
+    return argv
+
+
 def stage_wheels(
     requirements: Sequence[LockedRequirement],
     *,
@@ -76,15 +88,10 @@ def stage_wheels(
     with tempfile.NamedTemporaryFile("w", suffix=".txt") as req_file:
         req_file.write(requirements_text(requirements))
         req_file.flush()
-        nodot = python.replace(".", "")
-        argv = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-                "--require-hashes", "--no-deps", "--only-binary=:all:", "--python-version", python,
-                "--implementation", "cp", "--abi", f"cp{nodot}", "--abi", "abi3", "--abi", "none",
-                "-d", str(dest), "-r", req_file.name]  # fmt: skip
+        argv = [*_download_for(python, manylinux, dest), "--require-hashes", "--no-deps",
+                "-r", req_file.name]  # fmt: skip
         if find_links is not None:
             argv += ["--no-index", "--find-links", str(find_links)]
-        for tag in platform_tags(manylinux):
-            argv += ["--platform", tag]
         _run(argv, f"download the locked build requirements for {manylinux}")
 
 
@@ -99,14 +106,10 @@ def upstream_wheels(
     if not marker.exists():
         shutil.rmtree(where, ignore_errors=True)
         where.mkdir(parents=True)
-        nodot = python.replace(".", "")
-        argv = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-                "--only-binary=:all:", "--python-version", python, "--implementation", "cp",
-                "--abi", f"cp{nodot}", "--abi", "abi3", "--abi", "none", "-d", str(where),
-                f"{dist}=={version}"]  # fmt: skip
-        for tag in platform_tags(manylinux):
-            argv += ["--platform", tag]
-        _run(argv, f"download upstream's {dist} {version} wheel for {manylinux}")
+        _run(
+            [*_download_for(python, manylinux, where), f"{dist}=={version}"],
+            f"download upstream's {dist} {version} wheel for {manylinux}",
+        )
         marker.write_text("")
     found = sorted(where.glob("*.whl"))
     if not any(p.name.startswith(f"{dist.replace('-', '_')}-{version}") for p in found):

@@ -21,7 +21,6 @@ workspace from it and builds with no index and no download.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import lzma
 import shutil
@@ -41,7 +40,13 @@ from .buildenv import stage_wheels
 from .digest import sha256_file
 from .errors import SourceError
 from .index import Wheelhouse
-from .sources import _archive_path, _mirror, _submodule_urls, materialize, stage_assets
+from .sources import (
+    _mirror,
+    _submodule_urls,
+    materialize,
+    stage_assets,
+    submodule_excludes,
+)
 from .workspace import Workspace
 
 BUNDLE_FORMAT = 1
@@ -72,12 +77,9 @@ def git_snapshots(
         return found
     repo = _mirror(workspace, url)
     for path, sub_url, sub_commit in _submodule_urls(repo, url, commit):
-        if any(path == e.strip("/") or path.startswith(e.strip("/") + "/") for e in exclude):
-            continue
-        inner = [
-            e.strip("/")[len(path) + 1 :] for e in exclude if e.strip("/").startswith(path + "/")
-        ]
-        found += git_snapshots(workspace, sub_url, sub_commit, True, inner)
+        inner = submodule_excludes(path, exclude)
+        if inner is not None:
+            found += git_snapshots(workspace, sub_url, sub_commit, True, inner)
     return found
 
 
@@ -142,7 +144,7 @@ def write(plan: BuildPlan, out: Path, note: Callable[[str], None]) -> tuple[Path
         urls += [(a.url, a.sha256 or a.sha1) for a in plan.assets if a.kind == "url"]
         archives = []
         for url, pin in urls:
-            path = _archive_path(workspace, str(url))
+            path = workspace.download_path(str(url))
             if not path.is_file():
                 raise BundleError(f"{url} is not in the workspace; run the build's sources first")
             rel = path.relative_to(workspace.root)
@@ -270,7 +272,7 @@ def unpack(bundle: Path, dest: Path) -> Unpacked:
 
 def _index(workspace: Workspace, pack: Path, url: str, commit: str) -> None:
     """A bare mirror for ``url`` holding the pack (shallow at ``commit``)."""
-    path = workspace.git_mirrors / (hashlib.sha256(url.encode()).hexdigest()[:16] + ".git")
+    path = workspace.git_mirror(url)
     if not (path / "HEAD").exists():
         git.Repo.init(path, bare=True)
     done = subprocess.run(["git", "index-pack", "--stdin", "--fix-thin"], cwd=path,

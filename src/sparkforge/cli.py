@@ -24,11 +24,11 @@ from .archs import CudaArch, parse_arch
 from .build import BuildOptions, BuildPlan, execute, plan, up_to_date
 from .containers import base_digest, find_engine, load_engine_settings
 from .digest import sha256_file
-from .errors import ConfigError, PatchError, SparkforgeError
+from .errors import ConfigError, SparkforgeError
 from .graph import recipe_levels
 from .index import Wheelhouse
 from .lock import entry_for, read_lock, write_lock
-from .patches import PatchSeries, apply_series, load_series
+from .patches import apply_series, load_series
 from .recipes import available_recipes, load_recipe
 from .repro import compare_wheels, diffoscope_report
 from .resolve import lock_entry
@@ -227,10 +227,7 @@ def _plans(args: argparse.Namespace, project: Path, workspace: Workspace, names:
         resolved = recipe.version(options.version)
         if (name, resolved) in planned:
             return planned[(name, resolved)]
-        installed: dict[str, tuple[str, str]] = {}
-        for need in sorted(set(recipe.spec.needs) & set(getattr(args, "installed_need", []))):
-            dist = load_recipe(project, need).spec.dist
-            installed[need] = runner.installed(_build_target(project, args), dist)
+        installed = _installed_needs(args, project, runner, recipe.spec.needs)
         needs = {need: visit(need, recipe.need_version(resolved, need))
                  for need in sorted(recipe.spec.needs) if need not in installed}  # fmt: skip
         # A preflight or a bundle builds none of the needs: their plans give keys and versions.
@@ -239,11 +236,8 @@ def _plans(args: argparse.Namespace, project: Path, workspace: Workspace, names:
         )
         the_plan = plan(project, name, args.target, runner, workspace, _wheelhouse(args), options,
                         dry_run=getattr(args, "dry_run", False) or needs_only,
-                        need_keys={**{n: p.build_key for n, p in needs.items()},
-                                   **{n: f"installed:{v}@{site}" for n, (v, site) in installed.items()}},
-                        need_versions={**{n: p.version for n, p in needs.items()},
-                                       **{n: v for n, (v, _) in installed.items()}},
-                        installed_needs={n: site for n, (_, site) in installed.items()})  # fmt: skip
+                        **_need_arguments({n: p.build_key for n, p in needs.items()},
+                                          {n: p.version for n, p in needs.items()}, installed))  # fmt: skip
         planned[(name, resolved)] = the_plan
         return the_plan
 
@@ -304,17 +298,33 @@ def _from_bundle(args: argparse.Namespace) -> tuple[Path, Workspace, list[BuildP
     args.version = manifest["version"]
     runner = _runner(args, unpacked.project, unpacked.workspace)
     recipe = load_recipe(unpacked.project, args.recipe)
-    installed = {need: runner.installed(_build_target(unpacked.project, args),
-                                        load_recipe(unpacked.project, need).spec.dist)
-                 for need in set(recipe.spec.needs) & set(args.installed_need)}  # fmt: skip
-    keys = {n: k for n, k in dict(manifest["need_keys"]).items() if n not in installed}
-    versions = {n: v for n, v in dict(manifest["need_versions"]).items() if n not in installed}
+    installed = _installed_needs(args, unpacked.project, runner, recipe.spec.needs)
     the_plan = plan(unpacked.project, args.recipe, args.target, runner, unpacked.workspace,
                     _wheelhouse(args), _build_options(args), dry_run=args.dry_run,
-                    need_keys={**keys, **{n: f"installed:{v}@{s}" for n, (v, s) in installed.items()}},
-                    need_versions={**versions, **{n: v for n, (v, _) in installed.items()}},
-                    installed_needs={n: s for n, (_, s) in installed.items()})  # fmt: skip
+                    **_need_arguments(dict(manifest["need_keys"]), dict(manifest["need_versions"]),
+                                      installed))  # fmt: skip
     return unpacked.project, unpacked.workspace, [the_plan]
+
+
+def _installed_needs(args: argparse.Namespace, project: Path, runner: Runner,
+                     needs: Sequence[str]) -> dict[str, tuple[str, str]]:  # fmt: skip
+    """need -> (version, site-packages) for the needs named with --installed-need."""
+    target = _build_target(project, args)
+    return {need: runner.installed(target, load_recipe(project, need).spec.dist)
+            for need in sorted(set(needs) & set(getattr(args, "installed_need", [])))}  # fmt: skip
+
+
+def _need_arguments(keys: dict[str, str], versions: dict[str, str],
+                    installed: dict[str, tuple[str, str]]) -> dict[str, dict[str, str]]:  # fmt: skip
+    """plan()'s need_keys, need_versions and installed_needs: what is built or bundled,
+    overridden by what the build interpreter has installed."""
+    return {
+        "need_keys": {**{n: k for n, k in keys.items() if n not in installed},
+                      **{n: f"installed:{v}@{site}" for n, (v, site) in installed.items()}},
+        "need_versions": {**{n: v for n, v in versions.items() if n not in installed},
+                          **{n: v for n, (v, _) in installed.items()}},
+        "installed_needs": {n: site for n, (_, site) in installed.items()},
+    }  # fmt: skip
 
 
 def _build_target(project: Path, args: argparse.Namespace) -> Target:
@@ -700,7 +710,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 def cmd_check_patches(args: argparse.Namespace) -> int:
     """Apply every patch series to its locked source in a scratch tree; with --prove, run
     each patch's proof without the patch (it must fail) and with it (it must pass)."""
-    from .patches import run_proof
+    from .patches import prove_series
 
     project = args.project.resolve()
     workspace = Workspace.locate(args.workspace)
@@ -719,22 +729,8 @@ def cmd_check_patches(args: argparse.Namespace) -> int:
                     materialize(project, recipe, entry.source, workspace, Path(tmp) / "src")
                 label = f"{name} {version}"
                 if args.prove:
-                    for patch in (p for p in series.patches if p.proof):
-                        tree = Path(tmp) / f"prove-{patch.name}"
-                        shutil.copytree(Path(tmp) / "src", tree, symlinks=True)
-                        apply_series(series, tree, label=label, upto=patch.name)
-                        without = run_proof(patch, tree)
-                        apply_series(PatchSeries(series.directory, (patch,)), tree, label=label)
-                        with_it = run_proof(patch, tree)
-                        console.print(f"  {label} {patch.name}: without it: {without.last_line} "
-                                      f"(exit {without.code}); with it: {with_it.last_line} "
-                                      f"(exit {with_it.code})", markup=False)  # fmt: skip
-                        if without.code == 0 or with_it.code != 0:
-                            raise PatchError(
-                                f"{patch.path}: its proof must fail without the patch and pass "
-                                f"with it; it exited {without.code} without and {with_it.code} "
-                                "with it"
-                            )
+                    for line in prove_series(series, Path(tmp) / "src", label=label):
+                        console.print(f"  {line}", markup=False)
                 apply_series(series, Path(tmp) / "src", label=label)
             pin = entry.source.commit or entry.source.sha256 or entry.source.tree_sha256
             proved = sum(1 for p in series.patches if p.proof) if args.prove else 0

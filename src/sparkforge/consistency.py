@@ -181,6 +181,8 @@ def _release(text: str) -> tuple[int, ...]:
 def _library_conflicts(
     label: str, recipe: Recipe, runtime: Sequence[Requirement], libraries: BuilderLibraries | None
 ) -> list[str]:
+    if libraries is None:  # not known where this plan would run
+        return []
     conflicts: list[str] = []
     for requirement in runtime:
         library = LIBRARY_WHEELS.get(canonicalize_name(requirement.name))
@@ -190,8 +192,6 @@ def _library_conflicts(
         if not pinned:
             continue
         name = LIBRARY_NAMES[library]
-        if libraries is None:
-            continue
         have = libraries.versions.get(library)
         if have is None:
             conflicts.append(

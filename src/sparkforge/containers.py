@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from .errors import ConfigError, SparkforgeError
+from .errors import ConfigError, SparkforgeError, telling_line
 from .tomlfile import StrictModel, load_model
 
 ENGINES = ("docker", "podman")
@@ -83,11 +83,7 @@ class Engine:
 
 
 def _last_line(text: str) -> str:
-    """The line that says what went wrong: the last one naming an error, else the last one
-    (docker ends its errors with "See 'docker run --help'.")."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    errors = [line for line in lines if "error" in line.lower()]
-    return (errors or lines or ["no output"])[-1].rstrip(".")
+    return telling_line(text.splitlines()).rstrip(".")
 
 
 def find_engine(choice: str | None, settings: EnginesFile, *, required: bool = True) -> Engine:

@@ -7,6 +7,16 @@ The CLI prints it without a traceback and exits with ``exit_code``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+
+def telling_line(lines: Iterable[str]) -> str:
+    """The line of a tool's output that says what went wrong: the last one naming an
+    error, else the last one (docker, for one, ends with "See 'docker run --help'.")."""
+    kept = [line.strip() for line in lines if line.strip()]
+    errors = [line for line in kept if "error" in line.lower()]
+    return (errors or kept or ["no output"])[-1]
+
 
 class SparkforgeError(Exception):
     """An error caused by input or environment; printed as one line."""

@@ -19,10 +19,9 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
-from .build import target_tags
 from .errors import ConfigError
 from .index import Wheelhouse
-from .targets import Target
+from .targets import Target, target_tags
 
 _PINNED = re.compile(r"^([A-Za-z0-9._-]+)==([^\s;]+)")
 

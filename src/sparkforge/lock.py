@@ -74,7 +74,8 @@ class LockedAsset(StrictModel):
     ref: str | None = None
     commit: str | None = None
     submodules: bool = False
-    exclude: list[str] = Field(default_factory=list)  # paths not checked out (git assets)
+    # Paths not checked out (git assets); left out of lock.toml while empty.
+    exclude: list[str] = Field(default_factory=list, exclude_if=lambda paths: not paths)
     env: str | None = None
     platform: str | None = None
     origin: str | None = None  # the manifest it was expanded from, if any
@@ -234,11 +235,6 @@ def write_lock(path: Path, lock: LockFile) -> None:
         name: {version: data["recipes"][name][version] for version in sorted(data["recipes"][name])}
         for name in sorted(data["recipes"])
     }
-    for versions in data["recipes"].values():
-        for entry in versions.values():
-            for asset in entry.get("assets", []):
-                if not asset.get("exclude"):  # keys added later stay out while unset
-                    asset.pop("exclude", None)
     header = (
         "# Written by `sparkforge lock` (nox -s lock). Facts only: commit SHAs, sha256 of\n"
         "# every archive, tree and patch, exact build requirements. Do not edit by hand.\n"

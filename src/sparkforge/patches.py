@@ -11,7 +11,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shlex
+import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,9 +126,6 @@ class ProofOutcome:
 
 def run_proof(patch: Patch, tree: Path) -> ProofOutcome:
     """Run ``patch``'s proof command in ``tree``; its exit code and last output line."""
-    import shlex
-    import sys
-
     assert patch.proof is not None
     argv = [word.replace("{python}", sys.executable).replace("{patch_dir}", str(patch.path.parent))
             for word in shlex.split(patch.proof)]  # fmt: skip
@@ -135,6 +135,27 @@ def run_proof(patch: Patch, tree: Path) -> ProofOutcome:
         raise PatchError(f"{patch.path}: proof command {argv[0]} not found") from None
     lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
     return ProofOutcome(done.returncode, lines[-1] if lines else "(no output)")
+
+
+def prove_series(series: PatchSeries, source: Path, *, label: str) -> list[str]:
+    """Run each proof of ``series`` on a copy of the pristine ``source``: with the patches
+    before it applied, it must fail; with the patch too, it must pass. One line each."""
+    lines = []
+    for patch in (p for p in series.patches if p.proof):
+        tree = source.parent / f"prove-{patch.name}"
+        shutil.copytree(source, tree, symlinks=True)
+        apply_series(series, tree, label=label, upto=patch.name)
+        without = run_proof(patch, tree)
+        apply_series(PatchSeries(series.directory, (patch,)), tree, label=label)
+        with_it = run_proof(patch, tree)
+        outcome = (f"without it: {without.last_line} (exit {without.code}); with it: "
+                   f"{with_it.last_line} (exit {with_it.code})")  # fmt: skip
+        if without.code == 0 or with_it.code != 0:
+            raise PatchError(
+                f"{patch.path}: its proof must fail without the patch and pass with it; {outcome}"
+            )
+        lines.append(f"{label} {patch.name}: {outcome}")
+    return lines
 
 
 def apply_series(series: PatchSeries, tree: Path, *, label: str, upto: str | None = None) -> None:

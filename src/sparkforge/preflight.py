@@ -36,7 +36,7 @@ from rich.console import Console
 from . import compat
 from .build import BuildPlan, prepare
 from .cudabin import CudaCode
-from .errors import BuildError, ConfigError
+from .errors import BuildError, ConfigError, telling_line
 from .progress import BuildLog
 from .recipes import CONFIGURE_OUTPUT
 from .runners import HostRunner
@@ -243,8 +243,7 @@ def _reason(output: list[str]) -> str:
         if line.startswith("CMake Error"):
             detail = lines[number + 1] if number + 1 < len(lines) else ""
             return f"{line} {detail}".strip()[:300]
-    errors = [line for line in lines if "error" in line.lower()]
-    return (errors or lines or ["no output"])[-1][:300]
+    return telling_line(lines)[:300]
 
 
 def _downloads(lines: list[str]) -> list[str]:

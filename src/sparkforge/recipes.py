@@ -309,9 +309,7 @@ class PreflightSpec(StrictModel):
     @field_validator("flags")
     @classmethod
     def _files(cls, value: list[str]) -> list[str]:
-        for item in value:
-            _check_template(item)
-        return value
+        return [_check_template(item) for item in value]
 
 
 class RepairSpec(StrictModel):
@@ -439,10 +437,13 @@ def load_recipe(project: Path, name: str) -> Recipe:
     for need in spec.needs:
         if not is_file(project / "recipes" / need / "recipe.toml"):
             raise ConfigError(f"{path}: key 'needs': no recipe '{need}' in {project / 'recipes'}")
+    listed: dict[str, dict[str, object]] = {}  # need -> its versions, each file read once
     for version, version_spec in spec.versions.items():
         for need, wanted in version_spec.needs.items():
-            listed = read_toml(project / "recipes" / need / "recipe.toml", what="recipe")
-            if wanted not in listed.get("versions", {}):
+            if need not in listed:
+                toml = read_toml(project / "recipes" / need / "recipe.toml", what="recipe")
+                listed[need] = dict(toml.get("versions", {}))
+            if wanted not in listed[need]:
                 raise ConfigError(
                     f"{path}: key 'versions.{version}.needs.{need}': recipe '{need}' has no "
                     f"version '{wanted}'; add it to recipes/{need}/recipe.toml or pin a listed one"

@@ -105,7 +105,7 @@ def _path_root(project: Path, recipe: Recipe) -> Path:
 
 def _mirror(workspace: Workspace, url: str) -> git.Repo:
     """A bare mirror of ``url`` in the workspace, created on first use."""
-    path = workspace.git_mirrors / (hashlib.sha256(url.encode()).hexdigest()[:16] + ".git")
+    path = workspace.git_mirror(url)
     if (path / "HEAD").exists():
         return git.Repo(path)
     workspace.git_mirrors.mkdir(parents=True, exist_ok=True)
@@ -177,13 +177,8 @@ def _download(url: str, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
-def _archive_path(workspace: Workspace, url: str) -> Path:
-    name = PurePosixPath(url.split("?")[0]).name or "archive"
-    return workspace.downloads / hashlib.sha256(url.encode()).hexdigest()[:16] / name
-
-
 def _verified_archive(workspace: Workspace, url: str, expected: str) -> Path:
-    path = _archive_path(workspace, url)
+    path = workspace.download_path(url)
     if not path.exists():
         _download(url, path)
     actual = sha256_file(path)
@@ -270,16 +265,21 @@ def _checkout(
         )
     if submodules:
         for path, sub_url, sub_commit in _submodule_urls(checkout, url, commit):
-            if any(path == e.strip("/") or path.startswith(e.strip("/") + "/") for e in exclude):
+            inner = submodule_excludes(path, exclude)
+            if inner is None:
                 continue
-            inner = [
-                e.strip("/")[len(path) + 1 :]
-                for e in exclude
-                if e.strip("/").startswith(path + "/")
-            ]
             target = dest / path
             shutil.rmtree(target, ignore_errors=True)
             _checkout(workspace, sub_url, sub_commit, target, True, inner)
+
+
+def submodule_excludes(path: str, exclude: Sequence[str]) -> list[str] | None:
+    """The ``exclude`` paths that fall inside the submodule at ``path``, relative to it;
+    None when the submodule itself is excluded (then it is not fetched at all)."""
+    paths = [e.strip("/") for e in exclude]
+    if any(path == e or path.startswith(e + "/") for e in paths):
+        return None
+    return [e[len(path) + 1 :] for e in paths if e.startswith(path + "/")]
 
 
 def _submodule_urls(repo: git.Repo, url: str, commit: str) -> list[tuple[str, str, str]]:
@@ -355,14 +355,14 @@ def resolve(
         url = str(previous.url)  # the sdist of a released version never changes: keep its pin
     elif spec.pypi is not None:
         url, published = pypi_sdist(spec.pypi, version)
-        path = _archive_path(workspace, url)
+        path = workspace.download_path(url)
         _download(url, path)
         if sha256_file(path) != published:
             path.unlink()
             raise SourceError(f"{url}: sha256 differs from the one PyPI publishes; not locked")
     else:
         url = (spec.url or "").format(version=version)
-    path = _archive_path(workspace, url)
+    path = workspace.download_path(url)
     if previous is not None and previous.kind == "url" and previous.url == url and previous.sha256:
         path = _verified_archive(workspace, url, previous.sha256)
     elif not path.exists():
@@ -445,7 +445,7 @@ def resolve_git_asset(workspace: Workspace, url: str, ref: str) -> str:
 
 def url_asset_sha256(workspace: Workspace, url: str, sha1: str | None) -> str:
     """Download an asset once (lock time), check the upstream sha1 if given, return its sha256."""
-    path = _archive_path(workspace, url)
+    path = workspace.download_path(url)
     if not path.exists():
         _download(url, path)
     if sha1 is not None:
@@ -478,7 +478,7 @@ def stage_assets(
                       asset.exclude)  # fmt: skip
         else:
             url = str(asset.url)
-            path = _archive_path(workspace, url)
+            path = workspace.download_path(url)
             if asset.sha256 is not None:
                 path = _verified_archive(workspace, url, asset.sha256)
             else:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from packaging.tags import Tag, compatible_tags, cpython_tags
 from pydantic import Field, field_validator, model_validator
 
 from .archs import CudaArch, check_arch, parse_arch
@@ -94,6 +95,11 @@ class Target:
     def cuda_nodot(self) -> str:
         return self.cuda_version.replace(".", "")
 
+    @property
+    def multiarch(self) -> str:
+        """The Debian multiarch triple of the target machine (``aarch64-linux-gnu``)."""
+        return f"{self.machine}-linux-gnu"
+
     def identity(self) -> dict[str, object]:
         """What about the target decides the output (goes into the build key)."""
         return {
@@ -160,3 +166,16 @@ def marker_environment(target: Target) -> dict[str, str]:
         "platform_python_implementation": "CPython",
         "extra": "",
     }
+
+
+def target_tags(target: Target) -> frozenset[Tag]:
+    """Every wheel tag an installer accepts on the target for its manylinux policy:
+    cp312-cp312, cp3X-abi3 (stable ABI, X <= 12), py3-none and the pure-Python tags."""
+    version = tuple(int(part) for part in target.python.split("."))
+    platforms = [target.manylinux, "any"]
+    return frozenset(
+        (
+            *cpython_tags(version, platforms=platforms),
+            *compatible_tags(version, platforms=platforms),
+        )
+    )

