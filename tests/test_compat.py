@@ -123,22 +123,54 @@ def test_audit_is_worst_of_libraries_with_code() -> None:
 
 
 def test_audit_fails_when_one_library_cannot_run() -> None:
-    result = audit([report("a.so", ["sm_121"]), report("b.so", ["sm_120a"])], 121)
+    result = audit([report("a.so", ["sm_121"]), report("b.so", ["sm_90", "sm_100a"])], 121)
     assert result.status is Status.WILL_NOT_RUN
     assert not result.ok
 
 
+def test_per_arch_modules_do_not_decide() -> None:
+    """vLLM 0.33.0's _deepselect_C (sm_100f only) is loaded on Blackwell GPUs only: it does
+    not make the wheel fail on Hopper or Spark, and the reasoning says why."""
+    libraries = [report("vllm/_C.so", ["sm_90", "sm_120"]), report("vllm/_deepselect_C.so", ["sm_100f"])]
+    for sm, status in ((90, Status.NATIVE), (121, Status.COMPATIBLE)):
+        result = audit(libraries, sm)
+        assert result.status is status and result.ok
+        core, optional = result.libraries
+        assert (core.role, core.decides) == ("core", True)
+        assert (optional.role, optional.decides) == ("per-arch", False)
+        assert optional.verdict.status is Status.WILL_NOT_RUN
+        assert any(
+            line.startswith("not deciding: vllm/_deepselect_C.so is a per-GPU module (only sm_100f)")
+            for line in result.reasoning
+        )
+    # With nothing else holding code, the per-GPU modules decide (a FA3-only wheel).
+    alone = audit([report("fa3/_C.so", ["sm_90a"])], 121)
+    assert alone.status is Status.WILL_NOT_RUN and alone.libraries[0].decides
+
+
 def test_audit_family_and_compatible_are_both_ok() -> None:
-    result = audit([report("a.so", ["sm_120"]), report("b.so", ["sm_120f"])], 121)
+    result = audit([report("a.so", ["sm_120"]), report("b.so", ["sm_100", "sm_120f"])], 121)
     assert result.status is Status.FAMILY
     assert result.ok
 
 
 def test_audit_without_cuda_code() -> None:
+    """A CPU-only wheel fails a GPU target, unless no device code is expected (triton)."""
     result = audit([report("libhost.so")], 121)
     assert result.status is Status.NO_CUDA_CODE
-    assert result.ok
+    assert not result.ok
+    assert "a CPU-only build" in result.reasoning[0]
+    assert audit([report("libhost.so")], 121, cuda_required=False).ok
     assert audit([], 121).status is Status.NO_CUDA_CODE
+
+
+def test_host_code_for_another_cpu_is_wrong_platform() -> None:
+    x86 = LibraryReport("pkg/_C.so", codes("sm_121"), Counter([frozenset(codes("sm_121"))]),
+                        machine="x86_64")  # fmt: skip
+    result = audit([x86], 121, machine="aarch64")
+    assert result.status is Status.WRONG_PLATFORM and not result.ok
+    assert "host code for x86_64 CPUs; the target runs aarch64" in result.summary
+    assert audit([x86], 121, machine="x86_64").status is Status.NATIVE
 
 
 def test_audit_warns_about_containers_without_target_code() -> None:
@@ -164,9 +196,12 @@ def test_to_json_is_stable() -> None:
         "target": "sm_121",
         "verdict": "compatible",
         "ok": True,
+        "reasoning": ["decided by 1 core file(s); the worst of them: compatible"],
         "libraries": [
             {
                 "path": "pkg/_C.so",
+                "role": "core",
+                "decides": True,
                 "verdict": "compatible",
                 "runs": "sm_120",
                 "explanation": "sm_121 runs sm_120 SASS (same major, older minor)",

@@ -20,7 +20,9 @@ from conftest import as_cuobjdump, cuobjdump_listing, locked
 from sparkforge.compat import Status, audit
 from sparkforge.cudabin import (
     FATBIN_SECTION,
+    MACHINES,
     CudaCode,
+    read_elf,
     read_fatbins,
     scan_elf,
     scan_wheel,
@@ -160,18 +162,20 @@ def fatbin_section(path: Path) -> tuple[int, int]:
         return section["sh_offset"], section["sh_size"]
 
 
-class RecordingFile(io.BytesIO):
-    """A BytesIO that remembers which byte ranges were read."""
+class RecordingBuffer:
+    """Bytes that remember which ranges were sliced (the readers only slice)."""
 
     def __init__(self, data: bytes) -> None:
-        super().__init__(data)
+        self.data = data
         self.reads: list[tuple[int, int]] = []
 
-    def read(self, size: int | None = -1, /) -> bytes:
-        start = self.tell()
-        data = super().read(size)
-        self.reads.append((start, len(data)))
-        return data
+    def __getitem__(self, key: slice, /) -> bytes:
+        chunk = self.data[key]
+        self.reads.append((key.start or 0, len(chunk)))
+        return chunk
+
+    def __len__(self) -> int:
+        return len(self.data)
 
 
 @pytest.mark.slow
@@ -179,14 +183,25 @@ def test_reads_headers_not_payloads(built: dict[str, Path]) -> None:
     """Within .nv_fatbin only container (16 B) and entry (48 B) headers are read."""
     path = built["mixed"]
     start, size = fatbin_section(path)
-    recording = RecordingFile(path.read_bytes())
-    code = scan_elf(recording)
+    recording = RecordingBuffer(path.read_bytes())
+    containers = read_fatbins(recording, start, start + size)
     inside = [n for offset, n in recording.reads if start <= offset < start + size]
-    containers = inside.count(16)
-    assert containers >= 1
+    assert inside.count(16) == len(containers) >= 1
     assert inside == [n for n in inside if n in (16, 48)]
-    assert inside.count(48) == sum(code.values())
+    assert inside.count(48) == sum(sum(c.values()) for c in containers)
     assert sum(inside) < size // 10
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mixed", "host"])
+def test_section_table_agrees_with_pyelftools(built: dict[str, Path], name: str) -> None:
+    """The struct-based ELF reader finds the sections pyelftools finds, at the same places."""
+    data = built[name].read_bytes()
+    with built[name].open("rb") as file:
+        expected = [(s.name, s["sh_offset"], s["sh_size"]) for s in ELFFile(file).iter_sections()]
+    ours = read_elf(data)
+    assert [(s.name, s.offset, s.size) for s in ours.sections] == expected
+    assert MACHINES[ours.machine] == "x86_64"
 
 
 def split_containers(region: bytes) -> list[bytes]:
@@ -207,9 +222,9 @@ def test_zero_padding_between_containers_is_skipped(built: dict[str, Path]) -> N
     region = path.read_bytes()[start : start + size]
     containers = split_containers(region)
     padded = b"\0" * 8 + (b"\0" * 24).join(containers) + b"\0" * 40
-    expected = read_fatbins(io.BytesIO(region), 0, len(region))
+    expected = read_fatbins(region, 0, len(region))
     assert len(expected) == len(containers)
-    assert read_fatbins(io.BytesIO(padded), 0, len(padded)) == expected
+    assert read_fatbins(padded, 0, len(padded)) == expected
 
 
 @pytest.mark.slow
@@ -283,6 +298,70 @@ def test_scan_wheel_accepts_a_bare_library(built: dict[str, Path]) -> None:
     (report,) = scan_wheel(built["zstd"])
     assert report.path_in_wheel == "zstd.so"
     assert set(report.code) == LIBRARIES["zstd"][1]
+
+
+# Standalone device code: what nvcc writes for cuModuleLoad (cubins, fatbins, PTX).
+DEVICE_FILES = {
+    "k_sm121a.cubin": (["-cubin", "-arch=sm_121a"], CudaCode("sass", 121, "a")),
+    "k_sm120f.cubin": (["-cubin", "-arch=sm_120f"], CudaCode("sass", 120, "f")),
+    "k_sm90.cubin": (["-cubin", "-arch=sm_90"], CudaCode("sass", 90)),
+    "k.ptx": (["-ptx", "-arch=compute_100f"], CudaCode("ptx", 100, "f")),
+    "k.fatbin": (["-fatbin", *gencode("compute_120", "[sm_120,compute_120]")], None),
+}
+
+
+@pytest.fixture(scope="session")
+def device_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    nvcc = find_nvcc()
+    if nvcc is None:
+        pytest.skip("nvcc not found (set CUDA_HOME or PATH)")
+    out = tmp_path_factory.mktemp("device")
+    source = out / "kernel.cu"
+    source.write_text(KERNEL)
+    running = {
+        name: subprocess.Popen([nvcc, *flags, "-o", str(out / name), str(source)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for name, (flags, _) in DEVICE_FILES.items()
+    }  # fmt: skip
+    for name, process in running.items():
+        output, _ = process.communicate()
+        assert process.returncode == 0, f"{name}: {output}"
+    return {name: out / name for name in DEVICE_FILES}
+
+
+@pytest.mark.slow
+def test_standalone_device_code_is_read(device_files: dict[str, Path]) -> None:
+    """Cubins (SM from e_flags, variant from ptxas's note), PTX (.target) and fatbin files."""
+    for name, (_, expected) in DEVICE_FILES.items():
+        (report,) = scan_wheel(device_files[name])
+        if expected is None:
+            assert {c.name for c in report.code} == {"sm_120", "compute_120"}
+            assert report.kind == "fatbin"
+        else:
+            assert set(report.code) == {expected}, name
+            assert report.kind == ("ptx" if name.endswith(".ptx") else "cubin")
+        assert report.machine is None
+
+
+@pytest.mark.slow
+def test_standalone_files_are_judged_as_one_body(
+    device_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """A cubin collection runs where some of its files run; the others are a warning."""
+    wheel = tmp_path / "kernels-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name in ("k_sm121a.cubin", "k_sm90.cubin", "k.ptx"):
+            archive.write(device_files[name], f"kernels/cubins/{name}")
+    reports = scan_wheel(wheel)
+    assert len(reports) == 3
+    spark = audit(reports, 121, machine="aarch64")
+    (body,) = spark.libraries
+    assert body.role == "device-code" and body.decides
+    assert body.path_in_wheel == "kernels/ (2 .cubin, 1 .ptx files)"
+    assert spark.status is Status.NATIVE and spark.ok
+    assert any("2 of 3 files have nothing for sm_121" in w for w in body.warnings)
+    assert audit(reports, 100, machine="aarch64").status is Status.PTX_JIT
+    assert audit(reports, 80, machine="aarch64").status is Status.WILL_NOT_RUN
 
 
 def test_scan_wheel_rejects_other_files(tmp_path: Path) -> None:

@@ -21,7 +21,12 @@ PROJECT = Path(__file__).resolve().parents[1]
 MISSION = ["torch", "triton", "onnxruntime", "vllm"]
 BEYOND = ["torchvision", "torchaudio", "flashinfer", "llama-cpp-python"]
 # Entries this repository cannot lock without reaching github.com (docs/recipes.md#lock-status).
-NOT_LOCKED_HERE = {("triton", "3.5.0"), ("triton", "3.5.1")}
+# No commit SHA for these tags could be read without GitHub (docs/recipes.md#lock-status):
+# `nox -s lock -- triton onnxruntime` with network locks them.
+NOT_LOCKED_HERE = {
+    ("triton", "3.5.0"), ("triton", "3.5.1"), ("triton", "3.8.0"), ("triton", "3.9.0"),
+    ("onnxruntime", "1.31.1"),
+}  # fmt: skip
 HEX40 = re.compile(r"^[0-9a-f]{40}$")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 

@@ -147,7 +147,7 @@ class BuildPlan:
             "needs": self.need_keys,
             "need_versions": self.need_versions,
             "upstream": self.lock.upstream.model_dump(mode="json") if self.lock.upstream else None,
-            "waived": dict(self.recipe.spec.upstream.waive),
+            "waived": dict(self.recipe.upstream(self.version).waive),
             "runtime_requires": self.recipe.runtime_requires(self.version),
             "seeded": self.lock.seeded,
             "conflicts": list(self.conflicts),
@@ -279,7 +279,9 @@ def _environment(
         "CMAKE_BUILD_PARALLEL_LEVEL": plan_values["jobs"],
         "CFLAGS": prefix_map,
         "CXXFLAGS": prefix_map,
-        "CUDAFLAGS": f"-Xcompiler={prefix_map}",
+        # Two words: ccache reads the option itself (and leaves the per-build path out of its
+        # hash); joined as -Xcompiler=… it hashed the path and no CUDA object ever hit.
+        "CUDAFLAGS": f"-Xcompiler {prefix_map}",
     }
     if has_ccache:
         env.update(
@@ -314,8 +316,12 @@ def plan(
     need_keys: dict[str, str] | None = None,
     need_versions: dict[str, str] | None = None,
     installed_needs: dict[str, str] | None = None,
+    on_demand: LockEntry | None = None,
 ) -> BuildPlan:
     """Everything a build will do, decided up front; refuses a missing or stale lock.
+
+    ``on_demand`` is the entry of a version the recipe does not list, resolved just now
+    and not (yet) in lock.toml (a dry run does not write it).
 
     A dry run also plans what this runner cannot execute here (e.g. a dgx-spark
     build on x86_64) and says why in ``blocked_by``.
@@ -331,6 +337,8 @@ def plan(
                 f"{target.platform}; use a manylinux_2_N_{target.machine} policy"
             )
         target = dataclasses.replace(target, manylinux=options.manylinux)
+    if options.version is not None and options.version not in recipe.spec.versions:
+        recipe = recipe.with_version(options.version)  # on demand: unreviewed, see below
     version = recipe.version(options.version)
     blocked_by = None
     try:
@@ -342,7 +350,10 @@ def plan(
     series = load_series(project, recipe.name, version)
     lock_path = project / "lock.toml"
     lock_file = read_lock(lock_path)
-    entry = entry_for(lock_file, lock_path, recipe, version, series)
+    if on_demand is not None and version in recipe.derived:
+        entry = on_demand
+    else:
+        entry = entry_for(lock_file, lock_path, recipe, version, series)
     if entry.source.kind == "path":
         root = project / str(entry.source.path)
         if tree_sha256(root) != entry.source.tree_sha256:
@@ -360,6 +371,12 @@ def plan(
         # A plan this runner cannot execute here says nothing about its libraries.
         None if blocked_by else runner.libraries(target),
     ))  # fmt: skip
+    if version in recipe.derived:
+        borrowed = recipe.derived[version]
+        unreviewed.insert(0, consistency.UNREVIEWED + (
+            f"{recipe.name} {version} is not listed in {recipe.path}: built with the settings, "
+            f"assets and needs of {borrowed} (not its patches), locked on demand"
+        ))  # fmt: skip
     if conflicts and not dry_run:
         more = f" ({len(conflicts) - 1} more: see --dry-run)" if len(conflicts) > 1 else ""
         raise ConfigError(conflicts[0] + more)
@@ -412,9 +429,9 @@ def plan(
     }
     commands = tuple(
         tuple(token.format_map(values) for token in shlex.split(line))
-        for line in recipe.spec.build.command
+        for line in recipe.build_command(version)
     )
-    spec = recipe.spec.preflight
+    spec = recipe.preflight(version)
     preflight = Preflight(
         python=values["python"],
         frontend=str(build_dir / "src" / spec.frontend) if spec.frontend else None,
@@ -620,9 +637,52 @@ def prepare(plan: BuildPlan, log: BuildLog, *, upstream_needs: bool = False) -> 
     return toolchain
 
 
+_CCACHE_HITS = ("direct_cache_hit", "preprocessed_cache_hit")
+_CCACHE_UNCACHEABLE = (
+    "autoconf_test", "bad_compiler_arguments", "bad_output_file", "called_for_preprocessing",
+    "compiler_produced_empty_output", "compiler_produced_no_output", "compiler_produced_stdout",
+    "could_not_use_modules", "could_not_use_precompiled_header", "multiple_source_files",
+    "no_input_file", "output_to_stdout", "preprocessor_error", "unsupported_code_directive",
+    "unsupported_compiler_option", "unsupported_environment_variable",
+    "unsupported_source_language",
+)  # fmt: skip
+
+
+def _ccache_counters(plan: BuildPlan) -> dict[str, int] | None:
+    """ccache's counters where the build runs (``ccache --print-stats``), or None."""
+    if "CCACHE_DIR" not in plan.env:
+        return None
+    lines: list[str] = []
+    try:
+        code = plan.runner.run(["ccache", "--print-stats"], env=plan.env, cwd=plan.build_dir,
+                               sink=lines.append, timeout=60)  # fmt: skip
+    except TimeLimitExceeded:
+        return None
+    counters: dict[str, int] = {}
+    for line in lines:
+        key, _, value = line.partition("\t")
+        if value.strip().isdigit():
+            counters[key.strip()] = int(value)
+    return counters if code == 0 and counters else None
+
+
+def ccache_summary(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """This build's compiler calls as ccache saw them: hits, misses, uncacheable."""
+
+    def delta(keys: Sequence[str]) -> int:
+        return sum(after.get(k, 0) - before.get(k, 0) for k in keys)
+
+    return {
+        "hits": delta(_CCACHE_HITS),
+        "misses": delta(("cache_miss",)),
+        "uncacheable": delta(_CCACHE_UNCACHEABLE),
+    }
+
+
 def _phases(plan: BuildPlan, log: BuildLog, started: float) -> StoredWheel:
     toolchain = prepare(plan, log)
     with log.phase("build"):
+        ccache_before = _ccache_counters(plan)
         limit = plan.options.time_limit
         deadline = None if limit is None else time.monotonic() + limit
         for argv in plan.commands:
@@ -639,6 +699,15 @@ def _phases(plan: BuildPlan, log: BuildLog, started: float) -> StoredWheel:
                 ) from None
             if code != 0:
                 raise BuildError(_explain_failure(plan, argv, code, log.tail()))
+        ccache_after = _ccache_counters(plan) if ccache_before is not None else None
+        if ccache_before is not None and ccache_after is not None:
+            calls = ccache_summary(ccache_before, ccache_after)
+            toolchain = {**toolchain, "ccache": " ".join(f"{k}={v}" for k, v in calls.items())}
+            log.note(
+                f"ccache: {calls['hits']} hit(s), {calls['misses']} miss(es), "
+                f"{calls['uncacheable']} uncacheable compiler call(s) (builds sharing the "
+                "cache at the same time count too)"
+            )
         raw = _one_wheel(plan.wheel_pattern, plan.recipe)
     with log.phase("repair"):
         # The local label goes on first so that auditwheel's SBOM names the final version.
@@ -674,7 +743,12 @@ def _phases(plan: BuildPlan, log: BuildLog, started: float) -> StoredWheel:
         _check_tags(final, plan.target)
     with log.phase("audit"):
         reports = cudabin.scan_wheel(final)
-        audits = {a.name: compat.audit(reports, a.sm) for a in plan.archs}
+        audits = {
+            a.name: compat.audit(
+                reports, a.sm, machine=plan.target.machine, cuda_required=plan.recipe.spec.cuda
+            )
+            for a in plan.archs
+        }
         for name, result in audits.items():
             log.note(f"{name}: {result.summary}")
         gaps = [name for name, result in audits.items() if not result.ok]

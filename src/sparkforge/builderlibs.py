@@ -20,7 +20,8 @@ from pydantic import Field
 
 from .consistency import BuilderLibraries
 from .errors import ConfigError
-from .tomlfile import StrictModel, is_file, load_model
+from .models import StrictModel, load_model
+from .tomlfile import is_file
 
 #: Header, and the macros holding major/minor/patch, per library.
 HEADERS: dict[str, tuple[tuple[str, ...], tuple[str, str, str]]] = {

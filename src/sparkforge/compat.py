@@ -9,12 +9,25 @@ Availability"; family variants since CUDA 12.9):
 - plain PTX ``compute_XY`` is JIT-compiled for any later arch, ``compute_XYf``
   only within the same major, ``compute_XYa`` only for X.Y itself.
 
-The driver prefers SASS and JIT-compiles PTX only when no SASS fits, which
-costs start-up time, so PTX-only coverage is reported as its own verdict.
+The driver prefers SASS and JIT-compiles PTX only when no SASS fits. It keeps
+the result in its compute cache (``~/.nv/ComputeCache`` unless ``CUDA_CACHE_PATH``
+says otherwise), so the compile is paid at the first load on a machine and again
+only when the cache is disabled, evicted or invalidated by a driver update
+(CUDA programming guide, "Just-in-Time Compilation"); PTX-only coverage is
+reported as its own verdict.
+
+A wheel's verdict is decided by what the package needs (see :func:`audit`):
+host libraries built for generic archs, and standalone device code as one
+body; a library built only for arch-specific or family targets (``sm_100f``,
+``sm_90a``) is an optional per-GPU module that the package loads only where it
+runs, so it is reported but decides nothing while other code does. A wheel
+with no device code fails a GPU target, and host code for another CPU fails
+every target.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,7 +45,17 @@ class Status(StrEnum):
     FAMILY = "family"
     PTX_JIT = "ptx-jit"
     WILL_NOT_RUN = "will-not-run"
+    WRONG_PLATFORM = "wrong-platform"
     NO_CUDA_CODE = "no-cuda-code"
+
+
+class Role(StrEnum):
+    """What a file is to the package, which decides whether its verdict decides the wheel's."""
+
+    CORE = "core"  # a host library with code for generic archs: the package needs it
+    PER_ARCH = "per-arch"  # only arch-specific/family code: loaded by the package where it runs
+    DEVICE_CODE = "device-code"  # standalone .cubin/.fatbin/.ptx files, judged as one body
+    HOST = "host"  # no device code
 
 
 # compatible and family are equally good (SASS, no JIT); family sorts after
@@ -40,7 +63,14 @@ class Status(StrEnum):
 _RANK = {
     status: rank
     for rank, status in enumerate(
-        [Status.NATIVE, Status.COMPATIBLE, Status.FAMILY, Status.PTX_JIT, Status.WILL_NOT_RUN]
+        [
+            Status.NATIVE,
+            Status.COMPATIBLE,
+            Status.FAMILY,
+            Status.PTX_JIT,
+            Status.WILL_NOT_RUN,
+            Status.WRONG_PLATFORM,
+        ]
     )
 }
 _VARIANT_ORDER = {"": 0, "f": 1, "a": 2}
@@ -72,6 +102,8 @@ class LibraryAudit:
     fatbins: int
     fatbins_without_target_code: int
     warnings: tuple[str, ...]
+    role: Role = Role.CORE
+    decides: bool = True
 
 
 @dataclass(frozen=True)
@@ -81,18 +113,25 @@ class AuditResult:
     target_sm: int
     status: Status
     libraries: tuple[LibraryAudit, ...]
+    reasoning: tuple[str, ...] = ()
+    cuda_required: bool = True
 
     @property
     def ok(self) -> bool:
-        """False only when some library has nothing the target can run."""
-        return self.status is not Status.WILL_NOT_RUN
+        """False when what the package needs has nothing the target can run, when the
+        host code is for another CPU, or when a GPU package has no device code at all."""
+        if self.status is Status.NO_CUDA_CODE:
+            return not self.cuda_required
+        return self.status not in (Status.WILL_NOT_RUN, Status.WRONG_PLATFORM)
 
     @property
     def summary(self) -> str:
         """One line for the build log: the verdict and the library that decided it."""
         if self.status is Status.NO_CUDA_CODE:
             return f"{self.status}: no library has CUDA device code"
-        decider = next(lib for lib in self.libraries if lib.verdict.status is self.status)
+        decider = next(
+            lib for lib in self.libraries if lib.decides and lib.verdict.status is self.status
+        )
         warnings = sum(len(lib.warnings) for lib in self.libraries)
         noted = f"; {warnings} warning(s)" if warnings else ""
         return f"{self.status}: {decider.path_in_wheel}: {decider.verdict.explanation}{noted}"
@@ -103,6 +142,7 @@ class AuditResult:
             "target": f"sm_{self.target_sm}",
             "verdict": str(self.status),
             "ok": self.ok,
+            "reasoning": list(self.reasoning),
             "libraries": [_library_json(library) for library in self.libraries],
         }
 
@@ -115,6 +155,8 @@ def _library_json(library: LibraryAudit) -> dict[str, Any]:
     runs = library.verdict.runs
     return {
         "path": library.path_in_wheel,
+        "role": str(library.role),
+        "decides": library.decides,
         "verdict": str(library.verdict.status),
         "runs": runs.name if runs else None,
         "explanation": library.verdict.explanation,
@@ -163,8 +205,8 @@ def _explain(status: Status, code: CudaCode, target_sm: int) -> str:
         Status.COMPATIBLE: f"{target} runs {code.name} SASS (same major, older minor)",
         Status.FAMILY: f"{target} runs {code.name} SASS (family code for {code.sm // 10}.x)",
         Status.PTX_JIT: (
-            f"no SASS for {target}: the driver JIT-compiles {code.name} PTX at first load "
-            "(slow start-up; needs a driver that knows this PTX version)"
+            f"no SASS for {target}: the driver JIT-compiles {code.name} PTX at the first load "
+            "and caches the result (needs a driver that knows this PTX version)"
         ),
     }
     return reasons[status]
@@ -181,12 +223,91 @@ def _explain_none(code: Mapping[CudaCode, int], target_sm: int) -> str:
     return f"nothing here runs on sm_{target_sm} (found {found}): add sm_{target_sm} SASS{older}"
 
 
-def audit(reports: Sequence[LibraryReport], target_sm: int) -> AuditResult:
-    """Judge every library; the wheel's status is the worst among those with code."""
-    libraries = tuple(_audit_library(report, target_sm) for report in reports)
-    judged = [lib.verdict.status for lib in libraries if lib.verdict.status in _RANK]
-    status = max(judged, key=_RANK.__getitem__) if judged else Status.NO_CUDA_CODE
-    return AuditResult(target_sm=target_sm, status=status, libraries=libraries)
+def audit(
+    reports: Sequence[LibraryReport],
+    target_sm: int,
+    *,
+    machine: str | None = None,
+    cuda_required: bool = True,
+) -> AuditResult:
+    """Judge every file, then the wheel by what the package needs.
+
+    The wheel's status is the worst among the files that decide it: core host
+    libraries and the standalone device code (one body, like a library whose
+    containers are the files). Per-arch modules decide only when nothing else
+    has code. ``machine`` is the target CPU: a host library for another CPU is
+    ``wrong-platform`` whatever its device code.
+    """
+    libraries_in = [r for r in reports if r.kind == "library"]
+    standalone = [r for r in reports if r.kind != "library"]
+    judged = [_audit_library(report, target_sm, machine) for report in libraries_in]
+    if standalone:
+        judged.append(_audit_library(_device_code_body(standalone), target_sm, None))
+    with_code = [lib for lib in judged if lib.role is not Role.HOST]
+    deciding = [lib for lib in with_code if lib.role is not Role.PER_ARCH] or with_code
+    wrong = [lib for lib in judged if lib.verdict.status is Status.WRONG_PLATFORM]
+    reasoning: list[str] = []
+    if wrong:
+        deciding = wrong
+        reasoning.append(
+            f"{len(wrong)} librar{'y is' if len(wrong) == 1 else 'ies are'} built for another "
+            f"CPU than the target's {machine} (e.g. {wrong[0].path_in_wheel})"
+        )
+    libraries = tuple(
+        dataclasses.replace(lib, decides=any(lib is d for d in deciding)) for lib in judged
+    )
+    statuses = [lib.verdict.status for lib in libraries if lib.decides]
+    status = max(statuses, key=_RANK.__getitem__) if statuses else Status.NO_CUDA_CODE
+    if not wrong:
+        reasoning.extend(_reasoning(libraries, status, target_sm, cuda_required))
+    return AuditResult(
+        target_sm=target_sm,
+        status=status,
+        libraries=libraries,
+        reasoning=tuple(reasoning),
+        cuda_required=cuda_required,
+    )
+
+
+def _reasoning(
+    libraries: Sequence[LibraryAudit], status: Status, target_sm: int, cuda_required: bool
+) -> list[str]:
+    """Say which files decided the verdict and why the others did not."""
+    deciding = [lib for lib in libraries if lib.decides]
+    if not deciding:
+        return [
+            "no file holds CUDA device code: "
+            + ("a CPU-only build, which does not use the GPU" if cuda_required
+               else "none is expected (the package compiles its kernels at run time)")
+        ]  # fmt: skip
+    roles = Counter(str(lib.role) for lib in deciding)
+    lines = [
+        f"decided by {', '.join(f'{n} {role}' for role, n in sorted(roles.items()))} "
+        f"file(s); the worst of them: {status}"
+    ]
+    optional = [lib for lib in libraries if lib.role is Role.PER_ARCH and not lib.decides]
+    for lib in optional:
+        archs = ", ".join(sorted({c.name for c in lib.code}))
+        lines.append(
+            f"not deciding: {lib.path_in_wheel} is a per-GPU module (only {archs}); the "
+            f"package loads it where it runs: {lib.verdict.status} on sm_{target_sm}"
+        )
+    return lines
+
+
+def _device_code_body(reports: Sequence[LibraryReport]) -> LibraryReport:
+    """Standalone device-code files as one body: each file is one container."""
+    kinds = Counter(r.path_in_wheel.rsplit(".", 1)[-1] if "." in r.path_in_wheel else r.kind
+                    for r in reports)  # fmt: skip
+    folders = {r.path_in_wheel.split("/", 1)[0] for r in reports}
+    where = f"{folders.pop()}/" if len(folders) == 1 else ""
+    described = ", ".join(f"{count} .{kind}" for kind, count in sorted(kinds.items()))
+    code: Counter[CudaCode] = Counter()
+    fatbins: Counter[frozenset[CudaCode]] = Counter()
+    for report in reports:
+        code.update(report.code)
+        fatbins.update(report.fatbins)
+    return LibraryReport(f"{where} ({described} files)", code, fatbins, kind="cubin")
 
 
 def _library_verdict(report: LibraryReport, target_sm: int) -> Verdict:
@@ -223,8 +344,33 @@ def _library_verdict(report: LibraryReport, target_sm: int) -> Verdict:
     )
 
 
-def _audit_library(report: LibraryReport, target_sm: int) -> LibraryAudit:
+def _role(report: LibraryReport) -> Role:
+    if report.kind != "library":
+        return Role.DEVICE_CODE
+    if not report.code:
+        return Role.HOST
+    if all(code.variant for code in report.code):
+        return Role.PER_ARCH
+    return Role.CORE
+
+
+def _audit_library(report: LibraryReport, target_sm: int, machine: str | None) -> LibraryAudit:
     """Verdict for one library plus warnings about JIT and uncovered containers."""
+    role = _role(report)
+    if machine is not None and report.machine is not None and report.machine != machine:
+        return LibraryAudit(
+            path_in_wheel=report.path_in_wheel,
+            verdict=Verdict(
+                Status.WRONG_PLATFORM,
+                None,
+                f"host code for {report.machine} CPUs; the target runs {machine}",
+            ),
+            code=report.code,
+            fatbins=report.fatbins.total(),
+            fatbins_without_target_code=0,
+            warnings=(),
+            role=role,
+        )
     result = _library_verdict(report, target_sm)
     uncovered = [
         (codes, count)
@@ -232,13 +378,17 @@ def _audit_library(report: LibraryReport, target_sm: int) -> LibraryAudit:
         if not any(classify(c, target_sm) for c in codes)
     ]
     missing = sum(count for _, count in uncovered)
+    unit = "fatbins" if report.kind == "library" else "files"
     warnings: list[str] = []
     if result.status is Status.PTX_JIT:
-        warnings.append(f"no SASS for sm_{target_sm}: every process pays PTX JIT at start-up")
+        warnings.append(
+            f"no SASS for sm_{target_sm}: the first load on each machine JIT-compiles PTX (the "
+            "driver caches it; a disabled or full cache, or a new driver, pays it again)"
+        )
     if missing and result.status is not Status.WILL_NOT_RUN:
         example = ", ".join(sorted({c.name for c in uncovered[0][0]}))
         warnings.append(
-            f"{missing} of {report.fatbins.total()} fatbins have nothing for sm_{target_sm} "
+            f"{missing} of {report.fatbins.total()} {unit} have nothing for sm_{target_sm} "
             f"(e.g. only {example}): their kernels fail with 'no kernel image' if called"
         )
     return LibraryAudit(
@@ -248,4 +398,5 @@ def _audit_library(report: LibraryReport, target_sm: int) -> LibraryAudit:
         fatbins=report.fatbins.total(),
         fatbins_without_target_code=missing,
         warnings=tuple(warnings),
+        role=role,
     )

@@ -22,7 +22,7 @@ from pathlib import Path
 from pydantic import Field
 
 from .errors import ConfigError, SparkforgeError, telling_line
-from .tomlfile import StrictModel, load_model
+from .models import StrictModel, load_model
 
 ENGINES = ("docker", "podman")
 ENGINES_ENV = "SPARKFORGE_ENGINES"

@@ -22,9 +22,10 @@ import tomli_w
 from pydantic import Field, ValidationError, model_validator
 
 from .errors import LockError
+from .models import StrictModel, describe_validation_error
 from .patches import PatchSeries
 from .recipes import Recipe
-from .tomlfile import StrictModel, describe_validation_error, parse_toml
+from .tomlfile import parse_toml
 
 LOCK_FORMAT = 1
 SHA1_HEX = re.compile(r"^[0-9a-f]{40}$")
@@ -153,6 +154,9 @@ class LockEntry(StrictModel):
     # Set when the entry was seeded from public records (named here) instead of being
     # resolved against the source; `sparkforge lock` with network clears it.
     seeded: str | None = None
+    # Set for a version the recipe does not list, locked on demand (``--version``): the
+    # listed version whose settings it borrows. Plans and provenance call it unreviewed.
+    derived_from: str | None = Field(default=None, exclude_if=lambda value: value is None)
 
     def fingerprint(self) -> str:
         """sha256 of the entry itself (part of the build key)."""
@@ -176,8 +180,11 @@ def inputs_fingerprint(recipe: Recipe, version: str, series: PatchSeries) -> str
     if source["pypi"] is None:
         del source["pypi"]
     # Which versions of the needed recipes it builds against is a build-key matter too.
+    # Its own build command and preflight decide the build key (the recipe's digest), and
+    # its own build requirements are counted with the shared ones below.
     version_spec = spec.versions[version].model_dump(
-        mode="json", exclude={"env", "needs", "runtime"}
+        mode="json",
+        exclude={"env", "needs", "runtime", "requires", "command", "preflight", "upstream"},
     )
     for key in ("assets", "manifests"):
         if not version_spec[key]:
@@ -186,11 +193,13 @@ def inputs_fingerprint(recipe: Recipe, version: str, series: PatchSeries) -> str
         "source": source,
         "version": version,
         "version_spec": version_spec,
-        "build_requires": spec.build.requires,
+        "build_requires": recipe.build_requires(version),
         "patches": [(p.name, p.sha256) for p in series.patches],
     }
     # Where upstream's declarations are read from (not the waivers: a plan-time matter).
-    upstream = spec.upstream.model_dump(mode="json", exclude={"waive"}, exclude_defaults=True)
+    upstream = recipe.upstream(version).model_dump(
+        mode="json", exclude={"waive"}, exclude_defaults=True
+    )
     if upstream:
         blob["upstream"] = upstream
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
@@ -253,6 +262,12 @@ def entry_for(
     entry = lock.recipes.get(recipe.name, {}).get(version)
     fix = f"run `nox -s lock -- {recipe.name}`"
     if entry is None:
+        if version in recipe.derived:
+            raise LockError(
+                f"{lock_path}: no lock entry for {recipe.name} {version} (a version the recipe "
+                f"does not list); a build locks it on the spot, or run `nox -s lock -- "
+                f"{recipe.name} --version {version}`"
+            )
         raise LockError(f"{lock_path}: no lock entry for {recipe.name} {version}; {fix}")
     locked = {p.name: p.sha256 for p in entry.patches}
     for patch in series.patches:

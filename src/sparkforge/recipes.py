@@ -8,6 +8,7 @@ loaded, so a typo fails before anything is fetched.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import shlex
@@ -17,11 +18,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from packaging.requirements import InvalidRequirement, Requirement
+from packaging.version import InvalidVersion, Version
 from pydantic import Field, field_validator, model_validator
 
 from .archs import CudaArch, check_arch, parse_arch
 from .errors import ConfigError
-from .tomlfile import StrictModel, is_file, load_model, read_toml
+from .models import StrictModel, load_model
+from .tomlfile import is_file, read_toml
 
 # Variables a recipe may use in its command, environment and wheel pattern.
 TEMPLATE_VARIABLES: dict[str, str] = {
@@ -163,6 +166,23 @@ class VersionSpec(StrictModel):
     manifests: list[ManifestSpec] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)  # added to [build.env] for this version
     runtime: list[str] = Field(default_factory=list)  # added to [runtime] requires for this version
+    # Where a release changed its build system (torch 2.15's scikit-build-core, triton's
+    # nanobind): build requirements added to [build].requires, and a [build].command and
+    # [preflight] that replace the shared ones, for this version only.
+    requires: list[str] = Field(default_factory=list)
+    command: list[str] | None = None
+    preflight: PreflightSpec | None = None
+    upstream: UpstreamSpec | None = None  # replaces [upstream] (e.g. a moved requirements file)
+
+    @field_validator("requires")
+    @classmethod
+    def _requires(cls, value: list[str]) -> list[str]:
+        return _check_requirements(value)
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else [_check_template(line) for line in value]
 
     @field_validator("assets")
     @classmethod
@@ -376,6 +396,9 @@ class Recipe:
     path: Path
     directory: Path
     digest: str  # sha256 of recipe.toml bytes: a changed recipe makes its lock entry stale
+    # Versions the file does not list, asked for on demand: version -> the listed version
+    # whose settings it borrows (see with_version). Such a combination is unreviewed.
+    derived: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -389,6 +412,19 @@ class Recipe:
     def extra_archs(self) -> tuple[CudaArch, ...]:
         where = f"{self.path}: key 'build.cuda_archs'"
         return tuple(parse_arch(a, where=where) for a in self.spec.build.cuda_archs)
+
+    def build_requires(self, version: str) -> list[str]:
+        """The build requirements of ``version``: the shared ones plus its own."""
+        return [*self.spec.build.requires, *self.spec.versions[version].requires]
+
+    def build_command(self, version: str) -> list[str]:
+        return self.spec.versions[version].command or self.spec.build.command
+
+    def preflight(self, version: str) -> PreflightSpec:
+        return self.spec.versions[version].preflight or self.spec.preflight
+
+    def upstream(self, version: str) -> UpstreamSpec:
+        return self.spec.versions[version].upstream or self.spec.upstream
 
     def runtime_requires(self, version: str) -> list[str]:
         """What the wheel of ``version`` must declare at run time."""
@@ -414,6 +450,51 @@ class Recipe:
                 f"{self.path}: recipe '{self.name}' has no version '{requested}'; known: {known}"
             )
         return requested
+
+    def with_version(self, requested: str) -> Recipe:
+        """This recipe, also listing ``requested`` (an upstream release it does not list)
+        with the settings of the nearest listed release: the newest one not above it, else
+        the oldest. A git ref that names its version (``v3.5.0``) is renamed (``v3.6.0``);
+        the borrowed version's patches are not carried (they live under its own name)."""
+        if requested in self.spec.versions:
+            return self
+        try:
+            wanted = Version(requested)
+        except InvalidVersion:
+            known = ", ".join(self.spec.versions)
+            raise ConfigError(
+                f"--version: '{requested}' is not a release version of {self.name} (known: "
+                f"{known}); give one, e.g. {self.default_version()}"
+            ) from None
+        listed: list[tuple[Version, str]] = []
+        for name in self.spec.versions:
+            try:
+                listed.append((Version(name), name))
+            except InvalidVersion:
+                continue  # "main" and other branches do not order
+        if not listed:
+            raise ConfigError(
+                f"{self.path}: recipe '{self.name}' lists no release to borrow settings from "
+                f"for version '{requested}'; add [versions.\"{requested}\"]"
+            )
+        below = [item for item in listed if item[0] <= wanted]
+        nearest = max(below)[1] if below else min(listed)[1]
+        base = self.spec.versions[nearest]
+        ref = base.ref
+        if ref is not None:
+            if nearest not in ref:
+                raise ConfigError(
+                    f"{self.path}: version '{nearest}' pins ref '{ref}', which does not name "
+                    f"its version, so the ref of '{requested}' cannot be derived; add "
+                    f'[versions."{requested}"] with its ref'
+                )
+            ref = ref.replace(nearest, requested)
+        versions = {
+            **self.spec.versions,
+            requested: base.model_copy(update={"ref": ref, "default": False}),
+        }
+        spec = self.spec.model_copy(update={"versions": versions})
+        return dataclasses.replace(self, spec=spec, derived={**self.derived, requested: nearest})
 
 
 def available_recipes(project: Path) -> list[str]:
@@ -450,3 +531,6 @@ def load_recipe(project: Path, name: str) -> Recipe:
                 )
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return Recipe(spec=spec, path=path, directory=directory, digest=digest)
+
+
+VersionSpec.model_rebuild()  # its 'preflight' and 'upstream' name models defined after it

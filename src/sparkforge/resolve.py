@@ -27,7 +27,7 @@ from .lock import (
     inputs_fingerprint,
 )
 from .manifests import EXPANDERS
-from .patches import PatchSeries
+from .patches import PatchSeries, load_series
 from .recipes import Recipe, available_recipes, load_recipe
 from .sources import read_locked_file, resolve_git_asset, url_asset_sha256
 from .sources import resolve as resolve_source
@@ -136,7 +136,7 @@ def lock_entry(
     if unchanged and previous is not None and not previous.seeded:
         requirements, assets = previous.build_requires, previous.assets
     else:
-        requirements = resolve_requirements(recipe.spec.build.requires, targets)
+        requirements = resolve_requirements(recipe.build_requires(version), targets)
         assets = resolve_assets(project, recipe, version, resolved.source, workspace,
                                 previous=previous.assets if previous and not upgrade else [])  # fmt: skip
     upstream = previous.upstream if unchanged and previous is not None else None
@@ -144,7 +144,7 @@ def lock_entry(
         pin = resolved.source.commit or resolved.source.sha256 or resolved.source.tree_sha256
         upstream = read_declarations(
             lambda rel: read_locked_file(project, recipe, resolved.source, workspace, rel),
-            recipe.spec.upstream,
+            recipe.upstream(version),
             built_here(project),
             where=f"{recipe.name} {version} ({resolved.source.kind} {pin})",
         )
@@ -223,3 +223,17 @@ def resolve_assets(
             "(own assets and manifests share one namespace)"
         )
     return assets
+
+
+def lock_on_demand(
+    project: Path, recipe: Recipe, version: str, targets: Sequence[Target], workspace: Workspace
+) -> LockEntry:
+    """Lock a version the recipe does not list (see :meth:`Recipe.with_version`): its
+    source pinned as any other (sdist by sha256, git tag by commit), marked as derived."""
+    if version not in recipe.derived:
+        raise LockError(f"{recipe.path}: version '{version}' is listed; lock it with the others")
+    series = load_series(project, recipe.name, version)
+    entry = lock_entry(
+        project, recipe, version, series, targets, workspace, previous=None, upgrade=False
+    )
+    return entry.model_copy(update={"derived_from": recipe.derived[version]})

@@ -9,64 +9,95 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
-
-from packaging.tags import Tag, compatible_tags, cpython_tags
-from pydantic import Field, field_validator, model_validator
+from typing import TYPE_CHECKING
 
 from .archs import CudaArch, check_arch, parse_arch
 from .errors import ConfigError
-from .tomlfile import StrictModel, is_file, load_model
+from .tomlfile import is_file, read_toml
+
+if TYPE_CHECKING:
+    from packaging.tags import Tag
 
 DEFAULT_TARGET = "dgx-spark"
+_PLATFORMS = ("linux_aarch64", "linux_x86_64")
 
 
-class MachineSpec(StrictModel):
+@dataclass(frozen=True)
+class MachineSpec:
     """The reference machine of a target: sizes the job count shown in plans."""
 
-    cores: int = Field(ge=1)
-    memory_gb: float = Field(gt=0, allow_inf_nan=False)  # usable by builds (after the OS)
+    cores: int
+    memory_gb: float  # usable by builds (after the OS)
     source: str  # where the figures come from
 
 
-class TargetFile(StrictModel):
-    """The schema of ``targets/<name>.toml``."""
+class _Reader:
+    """Checks one target file's keys and types; every problem is one ``file: key 'k': …`` line.
 
-    name: str
-    description: str
-    platform: Literal["linux_aarch64", "linux_x86_64"]
-    cuda_version: str = Field(pattern=r"^\d+\.\d+$")
-    cuda_archs: list[str] = Field(min_length=1)
-    python: str = Field(pattern=r"^3\.\d+$")
-    manylinux: str = Field(pattern=r"^manylinux_\d+_\d+_(aarch64|x86_64)$")
-    builder_image: str
-    cuda_home: str = "/usr/local/cuda"
-    repair_exclude: list[str] = Field(default_factory=list)
-    reference_machine: MachineSpec | None = None
+    Written out rather than a pydantic model so that a command that only needs a
+    target (``sparkforge inspect``) starts without importing pydantic.
+    """
 
-    @field_validator("cuda_archs")
-    @classmethod
-    def _archs_parse(cls, value: list[str]) -> list[str]:
-        for item in value:
-            check_arch(item)
-        return value
+    def __init__(self, path: Path, data: dict[str, object]) -> None:
+        self.path = path
+        self.data = data
 
-    @field_validator("cuda_home")
-    @classmethod
-    def _cuda_home(cls, value: str) -> str:
-        # Looked up on disk and in the builder image: a path the OS can resolve from anywhere.
-        if not value.startswith("/") or any(len(p.encode()) > 255 for p in value.split("/")):
-            raise ValueError(f"'{value}' is not an absolute path; write e.g. '/usr/local/cuda'")
-        return value
+    def fail(self, key: str, detail: str) -> ConfigError:
+        return ConfigError(f"{self.path}: key '{key}': {detail}")
 
-    @model_validator(mode="after")
-    def _policy_matches_platform(self) -> TargetFile:
-        machine = self.platform.removeprefix("linux_")
-        if not self.manylinux.endswith(machine):
-            raise ValueError(
-                f"manylinux policy {self.manylinux} is not for platform {self.platform}"
+    def text(self, key: str, *, pattern: str | None = None, default: str | None = None) -> str:
+        value = self.data.get(key, default)
+        if value is None:
+            raise self.fail(key, "missing required key")
+        if not isinstance(value, str):
+            raise self.fail(
+                key, f"input should be a valid string (got {type(value).__name__} {value!r})"
             )
-        return self
+        if pattern is not None and not re.fullmatch(pattern, value):
+            raise self.fail(key, f"string should match pattern '{pattern}' (got str {value!r})")
+        return value
+
+    def texts(self, key: str, *, required: bool) -> list[str]:
+        value = self.data.get(key)
+        if value is None:
+            if required:
+                raise self.fail(key, "missing required key")
+            return []
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.fail(
+                key, f"input should be a list of strings (got {type(value).__name__} {value!r})"
+            )
+        if required and not value:
+            raise self.fail(key, "list should have at least 1 item after validation, not 0")
+        return value
+
+    def machine(self, key: str) -> MachineSpec | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise self.fail(key, f"input should be a table (got {type(value).__name__} {value!r})")
+        unknown = sorted(set(value) - {"cores", "memory_gb", "source"})
+        if unknown:
+            raise self.fail(f"{key}.{unknown[0]}", "unknown key; remove it or check its spelling")
+        cores, memory, source = value.get("cores"), value.get("memory_gb"), value.get("source")
+        if not isinstance(cores, int) or isinstance(cores, bool) or cores < 1:
+            raise self.fail(f"{key}.cores", f"input should be an integer >= 1 (got {cores!r})")
+        if (not isinstance(memory, int | float) or isinstance(memory, bool) or memory <= 0
+                or memory != memory or memory == float("inf")):  # fmt: skip
+            raise self.fail(
+                f"{key}.memory_gb", f"input should be a finite number > 0 (got {memory!r})"
+            )
+        if not isinstance(source, str):
+            raise self.fail(f"{key}.source", "missing required key" if source is None else
+                            f"input should be a valid string (got {source!r})")  # fmt: skip
+        return MachineSpec(cores=cores, memory_gb=float(memory), source=source)
+
+
+_KEYS = {
+    "name", "description", "platform", "cuda_version", "cuda_archs", "python", "manylinux",
+    "builder_image", "cuda_home", "repair_exclude", "reference_machine",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -129,25 +160,59 @@ def load_target(project: Path, name: str) -> Target:
         raise ConfigError(
             f"--target: no target '{name}' ({path} not found); known targets: {known}"
         )
-    data = load_model(TargetFile, path, what="target")
-    if data.name != name:
+    data = read_toml(path, what="target")
+    reader = _Reader(path, data)
+    unknown = sorted(set(data) - _KEYS)
+    if unknown:
+        raise reader.fail(unknown[0], "unknown key; remove it or check its spelling")
+    target_name = reader.text("name")
+    description = reader.text("description")
+    platform = reader.text("platform")
+    if platform not in _PLATFORMS:
+        raise reader.fail(
+            "platform", f"input should be 'linux_aarch64' or 'linux_x86_64' (got str {platform!r})"
+        )
+    cuda_version = reader.text("cuda_version", pattern=r"^\d+\.\d+$")
+    archs = reader.texts("cuda_archs", required=True)
+    for item in archs:
+        try:
+            check_arch(item)
+        except ValueError as error:
+            raise reader.fail("cuda_archs", str(error)) from None
+    python = reader.text("python", pattern=r"^3\.\d+$")
+    manylinux = reader.text("manylinux", pattern=r"^manylinux_\d+_\d+_(aarch64|x86_64)$")
+    builder_image = reader.text("builder_image")
+    cuda_home = reader.text("cuda_home", default="/usr/local/cuda")
+    # Looked up on disk and in the builder image: a path the OS can resolve from anywhere.
+    if not cuda_home.startswith("/") or any(len(p.encode()) > 255 for p in cuda_home.split("/")):
+        raise reader.fail(
+            "cuda_home", f"'{cuda_home}' is not an absolute path; write e.g. '/usr/local/cuda'"
+        )
+    repair_exclude = reader.texts("repair_exclude", required=False)
+    reference_machine = reader.machine("reference_machine")
+    machine = platform.removeprefix("linux_")
+    if not manylinux.endswith(machine):
+        raise reader.fail(
+            "(top level)", f"manylinux policy {manylinux} is not for platform {platform}"
+        )
+    if target_name != name:
         raise ConfigError(
-            f"{path}: key 'name': is '{data.name}' but the file is named '{name}.toml'"
+            f"{path}: key 'name': is '{target_name}' but the file is named '{name}.toml'"
         )
     return Target(
-        name=data.name,
-        description=data.description,
-        platform=data.platform,
-        machine=data.platform.removeprefix("linux_"),
-        cuda_version=data.cuda_version,
-        cuda_archs=tuple(parse_arch(a, where=f"{path}: key 'cuda_archs'") for a in data.cuda_archs),
-        python=data.python,
-        manylinux=data.manylinux,
-        builder_image=data.builder_image,
-        cuda_home=data.cuda_home,
-        repair_exclude=tuple(data.repair_exclude),
+        name=target_name,
+        description=description,
+        platform=platform,
+        machine=machine,
+        cuda_version=cuda_version,
+        cuda_archs=tuple(parse_arch(a, where=f"{path}: key 'cuda_archs'") for a in archs),
+        python=python,
+        manylinux=manylinux,
+        builder_image=builder_image,
+        cuda_home=cuda_home,
+        repair_exclude=tuple(repair_exclude),
         path=path,
-        reference_machine=data.reference_machine,
+        reference_machine=reference_machine,
     )
 
 
@@ -171,6 +236,8 @@ def marker_environment(target: Target) -> dict[str, str]:
 def target_tags(target: Target) -> frozenset[Tag]:
     """Every wheel tag an installer accepts on the target for its manylinux policy:
     cp312-cp312, cp3X-abi3 (stable ABI, X <= 12), py3-none and the pure-Python tags."""
+    from packaging.tags import compatible_tags, cpython_tags  # start-up time: imported here
+
     version = tuple(int(part) for part in target.python.split("."))
     platforms = [target.manylinux, "any"]
     return frozenset(
