@@ -143,11 +143,20 @@ def repo_graph() -> dict[str, Any]:
     return {"levels": [[node.as_json() for node in level] for level in levels]}
 
 
-def all_scripts() -> list[tuple[str, str]]:
+def gitlab_files() -> dict[str, dict[str, Any]]:
+    """.gitlab-ci.yml and the local files it includes, by name."""
     parent = yaml.safe_load((GITLAB / ".gitlab-ci.yml").read_text())
+    found = {".gitlab-ci.yml": parent}
+    for include in parent.get("include", []):
+        path = REPO / include["local"]
+        found[path.name] = yaml.safe_load(path.read_text())
+    return found
+
+
+def all_scripts() -> list[tuple[str, str]]:
     return [
         *github_scripts(),
-        *gitlab_scripts(parent, ".gitlab-ci.yml"),
+        *(item for name, data in gitlab_files().items() for item in gitlab_scripts(data, name)),
         *gitlab_scripts(gitlab_child(repo_graph()), "child-pipeline"),
     ]
 
@@ -276,6 +285,64 @@ def test_gitlab_child_pipeline_is_the_recipe_dag(graph_project: Path) -> None:
     # Every job's needs come before it: GitLab can schedule it.
     order = list(jobs)
     assert all(order.index(n) < order.index(name) for name in jobs for n in needs[name])
+
+
+# --- the scheduled `sparkforge outdated` ------------------------------------------------
+
+
+def test_github_outdated_runs_weekly_and_proposes_the_moved_lines() -> None:
+    workflow = load_workflow("spark-outdated.yml")
+    on = triggers(workflow)
+    assert on["schedule"] == [{"cron": "17 5 * * 1"}] and "workflow_dispatch" in on
+    assert workflow["permissions"] == {"contents": "write", "pull-requests": "write"}
+    job = workflow["jobs"]["outdated"]
+    assert job["runs-on"] == "ubuntu-24.04"  # no GPU, no Spark: it reads PyPI
+    runs = "\n".join(step.get("run", "") for step in job["steps"])
+    assert commands(runs, "sparkforge")[0] == [
+        "outdated", "--target", "$SPARK_TARGET", "--json", "--lock-moved"
+    ]  # fmt: skip
+    assert runs.index("--lock-moved") < runs.index("git diff --quiet -- lock.toml")
+    assert "gh pr create" in runs
+    cache = next(s for s in job["steps"] if "actions/cache" in s.get("uses", ""))
+    assert cache["with"]["path"].endswith("/verdicts")
+
+
+def test_gitlab_outdated_runs_only_in_its_schedule() -> None:
+    files = gitlab_files()
+    parent, outdated = files[".gitlab-ci.yml"], files["outdated.yml"]
+    assert {"if": '$CI_PIPELINE_SOURCE == "schedule"'} in parent["workflow"]["rules"]
+    job = outdated["outdated"]
+    assert job["rules"] == [
+        {"if": '$CI_PIPELINE_SOURCE == "schedule" && $SPARKFORGE_JOB == "outdated"'}
+    ]
+    for other in ("plan", "recipes"):  # a schedule builds nothing
+        assert parent[other]["rules"] == [{"if": '$CI_PIPELINE_SOURCE != "schedule"'}]
+    script = "\n".join(job["script"])
+    assert "sparkforge outdated --target" in script and "--lock-moved" in script
+    assert "merge_request.create" in script
+    assert set(job["artifacts"]["paths"]) == {"outdated.json", "outdated.txt"}
+
+
+@pytest.mark.network
+def test_gitlab_scripts_are_shellcheck_clean(actionlint: Path, tmp_path: Path) -> None:
+    """GitLab has no offline linter: each job's script, as the shell runs it, goes through
+    shellcheck (GitLab's predefined and project variables declared first)."""
+    for name, data in gitlab_files().items():
+        for job_name, job in data.items():
+            if not isinstance(job, dict) or "script" not in job:
+                continue
+            script = tmp_path / f"{job_name}.sh"
+            declared = sorted({*re.findall(r"\$\{?([A-Z][A-Z0-9_]*)", "\n".join(job["script"]))})
+            script.write_text(
+                "#!/usr/bin/env bash\nset -e\n"
+                + "".join(f': "${{{var}:=x}}"\n' for var in declared)
+                + "\n".join(job["script"]) + "\n"
+            )  # fmt: skip
+            result = subprocess.run(
+                [str(actionlint.parent / "shellcheck"), "-s", "bash", str(script)],
+                capture_output=True, text=True,
+            )  # fmt: skip
+            assert result.returncode == 0, f"{name}:{job_name}\n{result.stdout}"
 
 
 # --- every command exists ----------------------------------------------------------------

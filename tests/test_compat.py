@@ -131,7 +131,10 @@ def test_audit_fails_when_one_library_cannot_run() -> None:
 def test_per_arch_modules_do_not_decide() -> None:
     """vLLM 0.33.0's _deepselect_C (sm_100f only) is loaded on Blackwell GPUs only: it does
     not make the wheel fail on Hopper or Spark, and the reasoning says why."""
-    libraries = [report("vllm/_C.so", ["sm_90", "sm_120"]), report("vllm/_deepselect_C.so", ["sm_100f"])]
+    libraries = [
+        report("vllm/_C.so", ["sm_90", "sm_120"]),
+        report("vllm/_deepselect_C.so", ["sm_100f"]),
+    ]
     for sm, status in ((90, Status.NATIVE), (121, Status.COMPATIBLE)):
         result = audit(libraries, sm)
         assert result.status is status and result.ok
@@ -140,7 +143,9 @@ def test_per_arch_modules_do_not_decide() -> None:
         assert (optional.role, optional.decides) == ("per-arch", False)
         assert optional.verdict.status is Status.WILL_NOT_RUN
         assert any(
-            line.startswith("not deciding: vllm/_deepselect_C.so is a per-GPU module (only sm_100f)")
+            line.startswith(
+                "not deciding: vllm/_deepselect_C.so is a per-GPU module (only sm_100f)"
+            )
             for line in result.reasoning
         )
     # With nothing else holding code, the per-GPU modules decide (a FA3-only wheel).

@@ -48,8 +48,9 @@ def test_inspect_reports_sass_without_ptx_and_sm121_via_sm120(
     torch_wheel: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     capsys.readouterr()
+    # The Spark's GPU code in an x86_64 wheel: spark-x86 is the target that asks about it.
     code = main(
-        ["inspect", str(torch_wheel), "--target", "dgx-spark", "--json", "--project", str(REPO)]
+        ["inspect", str(torch_wheel), "--target", "spark-x86", "--json", "--project", str(REPO)]
     )
     assert code == 0
     report = json.loads(capsys.readouterr().out)
@@ -64,6 +65,25 @@ def test_inspect_reports_sass_without_ptx_and_sm121_via_sm120(
     assert "runs sm_120 SASS" in cuda["explanation"]
     for library in libraries.values():
         assert library["verdict"] == "compatible", library
+
+
+def test_an_x86_64_wheel_is_wrong_platform_on_the_spark(
+    torch_wheel: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same wheel for dgx-spark (aarch64): its tag and its host code are for x86_64."""
+    capsys.readouterr()
+    code = main(
+        ["inspect", str(torch_wheel), "--target", "dgx-spark", "--json", "--project", str(REPO)]
+    )
+    assert code == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["platform_problem"] == (
+        "its platform tag manylinux_2_28_x86_64 is not for aarch64: pip will not install it"
+    )
+    audit = report["audits"]["sm_121"]
+    assert audit["verdict"] == "wrong-platform" and not audit["ok"]
+    assert audit["reasoning"][0] == ("16 libraries are built for another CPU than the target's aarch64 "
+                                     "(e.g. torch/_C.cpython-312-x86_64-linux-gnu.so)")  # fmt: skip
 
 
 def test_reader_agrees_with_cuobjdump(torch_wheel: Path, cuobjdump: Path, tmp_path: Path) -> None:

@@ -373,7 +373,7 @@ def plan(
     ))  # fmt: skip
     if version in recipe.derived:
         borrowed = recipe.derived[version]
-        unreviewed.insert(0, consistency.UNREVIEWED + (
+        unreviewed.insert(0, (
             f"{recipe.name} {version} is not listed in {recipe.path}: built with the settings, "
             f"assets and needs of {borrowed} (not its patches), locked on demand"
         ))  # fmt: skip

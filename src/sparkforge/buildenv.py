@@ -19,7 +19,7 @@ from pathlib import Path
 from . import faults
 from .errors import BuildError
 from .lock import LockedRequirement
-from .resolve import platform_tags
+from .targets import platform_tags
 
 
 def requirements_text(requirements: Sequence[LockedRequirement]) -> str:

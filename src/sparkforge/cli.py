@@ -322,6 +322,23 @@ def build_parser() -> argparse.ArgumentParser:
     _common(install)
     install.set_defaults(func=_lazy("cmd_check_install"))
 
+    outdated = sub.add_parser(
+        "outdated",
+        help="locked versions against upstream's newest, and whether upstream's wheel runs on the target",
+    )
+    outdated.add_argument("recipes", nargs="*", help="recipes to check (default: all)")
+    outdated.add_argument("--target", default=DEFAULT_TARGET)
+    outdated.add_argument("--json", action="store_true", help="rows as JSON (for CI)")
+    outdated.add_argument("--no-audit", action="store_true",
+                          help="do not download upstream's wheels to judge them")  # fmt: skip
+    outdated.add_argument("--index-url", default=None, metavar="URL",
+                          help="PyPI-style JSON API root (default: https://pypi.org/pypi)")  # fmt: skip
+    outdated.add_argument("--lock-moved", action="store_true",
+                          help="lock each release newer than every locked one, on demand "
+                               "(unreviewed; writes lock.toml)")  # fmt: skip
+    _common(outdated)
+    outdated.set_defaults(func=_lazy("cmd_outdated"))
+
     graph = sub.add_parser(
         "graph", help="recipes in build order: levels whose recipes can build in parallel"
     )

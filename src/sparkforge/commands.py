@@ -167,14 +167,14 @@ def _lock_on_demand(args: argparse.Namespace, project: Path, recipe: Recipe, ver
         entry = lock_on_demand(project, recipe, version, targets, workspace)
     pin = entry.source.commit or entry.source.sha256 or entry.source.tree_sha256
     if getattr(args, "dry_run", False):
-        console.print(f"resolved {recipe.name} {version} on demand: {entry.source.kind} {pin} "
-                      f"(settings of {borrowed}; unreviewed); a dry run leaves lock.toml as is")  # fmt: skip
+        print(f"resolved {recipe.name} {version} on demand: {entry.source.kind} {pin} (settings "
+              f"of {borrowed}; unreviewed); a dry run leaves lock.toml as is", file=sys.stderr)  # fmt: skip
         return entry
     lock = read_lock(lock_path)
     lock.recipes.setdefault(recipe.name, {})[version] = entry
     write_lock(lock_path, lock)
-    console.print(f"locked {recipe.name} {version} on demand into {lock_path}: {entry.source.kind} "
-                  f"{pin} (settings of {borrowed}; unreviewed)")  # fmt: skip
+    print(f"locked {recipe.name} {version} on demand into {lock_path}: {entry.source.kind} "
+          f"{pin} (settings of {borrowed}; unreviewed)", file=sys.stderr)  # fmt: skip
     return entry
 
 
@@ -716,3 +716,62 @@ def cmd_graph(args: argparse.Namespace) -> int:
         )
         console.print(f"level {number}: {names}")
     return 0
+
+
+def cmd_outdated(args: argparse.Namespace) -> int:
+    """Per recipe: locked versions, upstream's newest, and whether upstream's own wheel for
+    the target already runs there ("pip install") or not ("build")."""
+    from .outdated import DEFAULT_INDEX, VerdictCache, row_for, wheel_tags
+
+    project = args.project.resolve()
+    workspace = Workspace.locate(args.workspace)
+    target = load_target(project, args.target)
+    lock_path = project / "lock.toml"
+    lock = read_lock(lock_path)
+    names = args.recipes or available_recipes(project)
+    cache = VerdictCache(workspace)
+    rows = []
+    for name in names:
+        recipe = load_recipe(project, name)
+        locked = list(lock.recipes.get(name, {}))
+        with console.status(f"{name}: reading {args.index_url}"):
+            row = row_for(recipe, locked, target, index=args.index_url or DEFAULT_INDEX,
+                          audit=not args.no_audit, cache=cache, scratch=workspace.root / "tmp",
+                          progress=lambda line: print(f"  {line}", file=sys.stderr))  # fmt: skip
+        rows.append(row)
+        if args.lock_moved and row.moved and row.newest is not None:
+            _lock_moved(project, recipe, row.newest, workspace)
+    if args.json:
+        print(json.dumps({"target": target.name, "recipes": [r.to_json() for r in rows]}, indent=2))
+        return 0
+    table = Table(
+        title=f"upstream releases and their wheels on {target.name}", title_justify="left"
+    )
+    for column in ("recipe", "listed", "upstream", "upstream's wheel", "answer"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        listed = ", ".join(
+            v + ("*" if v == row.default else "") + (" (unlocked)" if v in row.unlocked else "")
+            for v in row.listed
+        )
+        newest = (row.newest or "-") + (" (new)" if row.moved else "")
+        table.add_row(row.recipe, listed, newest, wheel_tags(row.wheel), row.answer)
+    console.print(table)
+    console.print(
+        "* default version; (new): newer than every listed release (--lock-moved locks it)"
+    )
+    return 0
+
+
+def _lock_moved(project: Path, recipe: Recipe, version: str, workspace: Workspace) -> None:
+    """Lock upstream's newest release on demand (settings of the nearest listed one)."""
+    derived = recipe.with_version(version)
+    targets = [load_target(project, t) for t in available_targets(project)]
+    with console.status(f"locking {recipe.name} {version} on demand"):
+        entry = lock_on_demand(project, derived, version, targets, workspace)
+    lock_path = project / "lock.toml"
+    lock = read_lock(lock_path)
+    lock.recipes.setdefault(recipe.name, {})[version] = entry
+    write_lock(lock_path, lock)
+    print(f"locked {recipe.name} {version} on demand into {lock_path} (settings of "
+          f"{derived.derived.get(version, version)}; unreviewed)", file=sys.stderr)  # fmt: skip

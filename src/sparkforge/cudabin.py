@@ -87,7 +87,7 @@ _FLAG_COMPRESSED = 0x2000 | 0x8000
 _FLAG_ARCH_SPECIFIC = 0x100000
 _FLAG_FAMILY = 0x200000
 _HEAD = 64  # bytes read from every wheel member to decide what it is
-_IN_MEMORY = 64 << 20  # larger members are spooled to a temporary file and mapped
+_IN_MEMORY = 16 << 20  # larger members are spooled to a temporary file and mapped
 _SPOOL_CHUNK = 1 << 20
 _PTX_TARGET = re.compile(rb"^\s*\.target\s+(?:sm|compute)_(\d+)([af]?)\b", re.MULTILINE)
 _TK_ARCH = re.compile(rb"-arch[= ]+sm_(\d+)([af]?)\b")
@@ -303,6 +303,22 @@ def scan_elf(fileobj: BinaryIO) -> dict[CudaCode, int]:
     return dict(_merge(scan_fatbins(fileobj)))
 
 
+class _FileSlices:
+    """Slices of an open file read with pread: thread-safe, and the pages read are page
+    cache, not this process's memory (a memory map of a 1 GB wheel would count them)."""
+
+    def __init__(self, fileobj: BinaryIO) -> None:
+        self._fd = fileobj.fileno()
+        self._size = os.fstat(self._fd).st_size
+
+    def __getitem__(self, key: slice, /) -> bytes:
+        start, stop, _ = key.indices(self._size)
+        return os.pread(self._fd, max(0, stop - start), start)
+
+    def __len__(self) -> int:
+        return self._size
+
+
 class _mapped:
     """A read-only view of a whole file: a memory map when it has a descriptor, else bytes."""
 
@@ -341,8 +357,8 @@ def scan_wheel(path: Path) -> list[LibraryReport]:
     Every ELF member counts, whatever its name, since extensions and bundled
     libraries are not always named ``*.so``; so do fatbin and ``.ptx`` files.
     Other members are skipped after inflating their first bytes. Members are
-    inflated straight from a memory map of the wheel, several at a time (zlib
-    releases the GIL): a wheel of 16,000 standalone cubins is mostly inflating.
+    read with pread and inflated several at a time (zlib releases the GIL): a
+    wheel of 16,000 standalone cubins is mostly inflating.
     """
     try:
         with path.open("rb") as file:
@@ -353,12 +369,13 @@ def scan_wheel(path: Path) -> list[LibraryReport]:
                 return [report] if report is not None else []
         if not zipfile.is_zipfile(path):
             raise WheelError(f"{path}: neither a wheel (zip) nor an ELF, fatbin or PTX file")
-        with zipfile.ZipFile(path) as wheel, path.open("rb") as file, _mapped(file) as data:
+        with zipfile.ZipFile(path) as wheel, path.open("rb") as file:
+            data = _FileSlices(file)
             members = sorted(
                 (info for info in wheel.infolist() if not info.is_dir()),
                 key=lambda info: info.filename,
             )
-            with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
                 reports = pool.map(lambda info: _scan_member(wheel, data, info, path), members)
                 return [report for report in reports if report is not None]
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
@@ -369,14 +386,16 @@ def _is_ptx(name: str) -> bool:
     return name.endswith(".ptx")
 
 
-def _raw_member(data: Buffer, info: zipfile.ZipInfo) -> bytes:
-    """The member's stored bytes, found through its local header (30 bytes + name + extra)."""
+def _raw_span(data: Buffer, info: zipfile.ZipInfo) -> tuple[int, int]:
+    """Where the member's stored bytes lie in the wheel (after its local header)."""
     local = _read_at(data, info.header_offset, 30)
     if local[:4] != b"PK\x03\x04":
         raise zipfile.BadZipFile(f"no local header for {info.filename}")
     name_length, extra_length = struct.unpack_from("<HH", local, 26)
     start = info.header_offset + 30 + name_length + extra_length
-    return _read_at(data, start, info.compress_size)
+    if start + info.compress_size > len(data):
+        raise zipfile.BadZipFile(f"{info.filename} runs past the end of the archive")
+    return start, start + info.compress_size
 
 
 def _scan_member(
@@ -385,8 +404,9 @@ def _scan_member(
     """Scan one wheel member if it can hold device code; None otherwise.
 
     Stored and deflated members (all that wheels use) are read from the map
-    directly; large ones are inflated to an anonymous temporary file (deleted on
-    close) and mapped, because the section table of an ELF file is at its end.
+    directly. A large one is inflated chunk by chunk into an anonymous temporary
+    file (deleted on close) and mapped, because the section table of an ELF file
+    is at its end; memory stays at a few chunks whatever the member's size.
     """
     where = f"{path}: {info.filename}"
     method = info.compress_type
@@ -394,18 +414,23 @@ def _scan_member(
         with wheel.open(info) as member:  # other methods: zipfile's own reader
             content = member.read()
         return _classify(info.filename, content[:_HEAD], content, where)
-    raw = _raw_member(data, info)
+    start, end = _raw_span(data, info)
     if method == zipfile.ZIP_STORED:
-        return _classify(info.filename, raw[:_HEAD], raw, where)
-    head = zlib.decompressobj(-zlib.MAX_WBITS).decompress(raw, _HEAD)
+        head = data[start : start + _HEAD]
+        if not _may_hold_code(head, info.filename):
+            return None
+        return _report(info.filename, head, data[start:end], where)
+    head = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data[start : start + (1 << 16)], _HEAD)
     if not _may_hold_code(head, info.filename):
         return None
     if info.file_size <= _IN_MEMORY:
-        return _report(info.filename, head, zlib.decompress(raw, -zlib.MAX_WBITS), where)
+        return _report(
+            info.filename, head, zlib.decompress(data[start:end], -zlib.MAX_WBITS), where
+        )
     inflate = zlib.decompressobj(-zlib.MAX_WBITS)
     with tempfile.TemporaryFile() as spool:
-        for start in range(0, len(raw), _SPOOL_CHUNK):
-            spool.write(inflate.decompress(raw[start : start + _SPOOL_CHUNK]))
+        for offset in range(start, end, _SPOOL_CHUNK):
+            spool.write(inflate.decompress(data[offset : min(offset + _SPOOL_CHUNK, end)]))
         spool.write(inflate.flush())
         spool.flush()
         with _mapped(spool) as mapped:

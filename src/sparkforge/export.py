@@ -37,8 +37,7 @@ from packaging.version import InvalidVersion, Version
 
 from .errors import ConfigError, WheelhouseError
 from .index import StoredWheel, Wheelhouse
-from .resolve import platform_tags
-from .targets import Target, marker_environment
+from .targets import Target, marker_environment, platform_tags
 
 
 @dataclass(frozen=True)

@@ -120,8 +120,9 @@ def inspect_command(
     archs: dict[str, int],
     *,
     as_json: bool,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
 ) -> int:
+    out = out or sys.stdout  # looked up now: tests and callers may have replaced it
     if not path.exists():
         raise ConfigError(f"{path}: no such wheel or file")
     judgement = judge(path, target_name, machine, archs)

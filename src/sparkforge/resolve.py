@@ -31,16 +31,9 @@ from .patches import PatchSeries, load_series
 from .recipes import Recipe, available_recipes, load_recipe
 from .sources import read_locked_file, resolve_git_asset, url_asset_sha256
 from .sources import resolve as resolve_source
-from .targets import Target
+from .targets import Target, platform_tags
 from .upstream import read_declarations
 from .workspace import Workspace
-
-
-def platform_tags(manylinux: str) -> list[str]:
-    """Every manylinux tag a target accepts: pip matches ``--platform`` exactly."""
-    _, major, minor, machine = manylinux.split("_", 3)
-    tags = [f"manylinux_{major}_{m}_{machine}" for m in range(int(minor), 16, -1)]
-    return [*tags, f"manylinux2014_{machine}", f"linux_{machine}"]
 
 
 def resolve_requirements(

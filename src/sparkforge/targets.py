@@ -233,16 +233,29 @@ def marker_environment(target: Target) -> dict[str, str]:
     }
 
 
-def target_tags(target: Target) -> frozenset[Tag]:
-    """Every wheel tag an installer accepts on the target for its manylinux policy:
-    cp312-cp312, cp3X-abi3 (stable ABI, X <= 12), py3-none and the pure-Python tags."""
+def platform_tags(manylinux: str) -> list[str]:
+    """Every platform tag a system of this manylinux policy installs, newest glibc first
+    (pip matches ``--platform`` exactly, so it is given them all)."""
+    _, major, minor, machine = manylinux.split("_", 3)
+    tags = [f"manylinux_{major}_{m}_{machine}" for m in range(int(minor), 16, -1)]
+    return [*tags, f"manylinux2014_{machine}", f"linux_{machine}"]
+
+
+def ordered_target_tags(target: Target, *, older_policies: bool = False) -> list[Tag]:
+    """Every wheel tag an installer accepts on the target for its manylinux policy, best
+    first: cp312-cp312, cp3X-abi3 (stable ABI, X <= 12), py3-none and the pure-Python tags.
+    With ``older_policies``, also wheels of older manylinux policies (what pip installs)."""
     from packaging.tags import compatible_tags, cpython_tags  # start-up time: imported here
 
     version = tuple(int(part) for part in target.python.split("."))
-    platforms = [target.manylinux, "any"]
-    return frozenset(
-        (
-            *cpython_tags(version, platforms=platforms),
-            *compatible_tags(version, platforms=platforms),
-        )
-    )
+    policies = platform_tags(target.manylinux) if older_policies else [target.manylinux]
+    platforms = [*policies, "any"]
+    return [
+        *cpython_tags(version, platforms=platforms),
+        *compatible_tags(version, platforms=platforms),
+    ]
+
+
+def target_tags(target: Target) -> frozenset[Tag]:
+    """The tags of :func:`ordered_target_tags`, for membership tests."""
+    return frozenset(ordered_target_tags(target))
