@@ -96,6 +96,21 @@ def index(session: nox.Session) -> None:
 
 
 @nox.session
+def outdated(session: nox.Session) -> None:
+    """Locked versions against upstream's newest, and whether upstream's own wheel runs on
+    the target: `nox -s outdated -- [RECIPE ...] [--target T] [--json] [--lock-moved]`."""
+    _install(session)
+    session.run("sparkforge", "outdated", *session.posargs)
+
+
+@nox.session
+def inspect(session: nox.Session) -> None:
+    """The CUDA code in a wheel or file and the verdict: `nox -s inspect -- PATH [--target T]`."""
+    _install(session)
+    session.run("sparkforge", "inspect", *session.posargs)
+
+
+@nox.session
 def doctor(session: nox.Session) -> None:
     """Check this host before a build: `nox -s doctor -- [--target T] [RECIPE ...] [--json]`."""
     _install(session)
@@ -172,9 +187,11 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Pipeline overhead, inspect vs cuobjdump, preflight vs build (docs/benchmarks.md)."""
+    """Pipeline overhead, inspect vs cuobjdump and start-up, preflight vs build, ccache
+    rebuild vs cold build (docs/benchmarks.md)."""
     _install(session, "[test]")
     session.run("python", "benchmarks/bench_probe.py", *session.posargs)
     session.run("python", "benchmarks/bench_inspect.py")
     session.run("python", "benchmarks/bench_metadata.py")
     session.run("python", "benchmarks/bench_preflight.py")
+    session.run("python", "benchmarks/bench_ccache.py")

@@ -64,7 +64,7 @@ def index() -> Iterator[tuple[Index, str]]:
     state = Index()
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:
             parts = self.path.strip("/").split("/")
             body: bytes | None = None
             if len(parts) == 3 and parts[0] == "pypi" and parts[2] == "json":

@@ -12,7 +12,7 @@ A fatbin container is a 16-byte header followed by entries; each entry has its
 own header saying what it is (SASS for one SM, or PTX for one virtual arch),
 whether it is compressed, and how long its payload is. We walk those headers
 and never read a payload, so a 500 MB ``libtorch_cuda.so`` costs a few
-thousand slices of a memory map.
+thousand small preads.
 
 Layouts below were measured on nvcc 13.0 output and on a CUDA 12 wheel from
 PyPI, and cross-checked with ``cuobjdump --list-elf --list-ptx``:
@@ -48,21 +48,20 @@ section table is needed, and importing pyelftools alone cost more than a whole
 
 from __future__ import annotations
 
-import mmap
 import os
 import re
 import struct
-import tempfile
-import zipfile
 import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Literal, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Literal, NamedTuple, Protocol
 
 from sparkforge.errors import WheelError
+
+if TYPE_CHECKING:
+    import zipfile
 
 Kind = Literal["sass", "ptx"]
 Variant = Literal["", "a", "f"]
@@ -103,9 +102,11 @@ class Buffer(Protocol):
     def __len__(self) -> int: ...
 
 
-@dataclass(frozen=True, order=True)
-class CudaCode:
-    """One kind of device code: SASS for a real SM or PTX for a virtual arch."""
+class CudaCode(NamedTuple):
+    """One kind of device code: SASS for a real SM or PTX for a virtual arch.
+
+    A named tuple (hashed and compared in C): a large library has thousands of entries,
+    each counted; it orders by kind, then SM, variant and compression."""
 
     kind: Kind
     sm: int
@@ -320,27 +321,21 @@ class _FileSlices:
 
 
 class _mapped:
-    """A read-only view of a whole file: a memory map when it has a descriptor, else bytes."""
+    """A read-only view of a whole file: pread slices when it has a descriptor, else bytes."""
 
     def __init__(self, fileobj: BinaryIO) -> None:
         self._fileobj = fileobj
-        self._map: mmap.mmap | None = None
 
     def __enter__(self) -> Buffer:
         self._fileobj.seek(0)
         try:
-            descriptor = self._fileobj.fileno()
+            self._fileobj.fileno()
         except (OSError, AttributeError):
             return self._fileobj.read()
-        self._fileobj.seek(0, 2)
-        if self._fileobj.tell() == 0:
-            return b""
-        self._map = mmap.mmap(descriptor, 0, access=mmap.ACCESS_READ)
-        return self._map
+        return _FileSlices(self._fileobj)
 
     def __exit__(self, *_: object) -> None:
-        if self._map is not None:
-            self._map.close()
+        pass  # nothing to release: the caller owns the file
 
 
 def _merge(containers: Sequence[Counter[CudaCode]]) -> Counter[CudaCode]:
@@ -360,6 +355,8 @@ def scan_wheel(path: Path) -> list[LibraryReport]:
     read with pread and inflated several at a time (zlib releases the GIL): a
     wheel of 16,000 standalone cubins is mostly inflating.
     """
+    import zipfile  # a bare library is read without it (start-up time)
+
     try:
         with path.open("rb") as file:
             head = file.read(_HEAD)
@@ -375,6 +372,8 @@ def scan_wheel(path: Path) -> list[LibraryReport]:
                 (info for info in wheel.infolist() if not info.is_dir()),
                 key=lambda info: info.filename,
             )
+            from concurrent.futures import ThreadPoolExecutor
+
             with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
                 reports = pool.map(lambda info: _scan_member(wheel, data, info, path), members)
                 return [report for report in reports if report is not None]
@@ -408,6 +407,9 @@ def _scan_member(
     file (deleted on close) and mapped, because the section table of an ELF file
     is at its end; memory stays at a few chunks whatever the member's size.
     """
+    import tempfile
+    import zipfile
+
     where = f"{path}: {info.filename}"
     method = info.compress_type
     if method not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
