@@ -210,7 +210,8 @@ CASES: dict[str, tuple[Edit, list[str], str]] = {
     "unknown version": (
         lambda p: None,
         ["build", "tiny", "--version", "9.9"],
-        r"recipe 'tiny' has no version '9\.9'; known: 1\.0\.0",
+        r"recipe 'tiny' has no version '9\.9'; known: 1\.0\.0 \(its source is a path: only the "
+        r"versions it lists exist\)",
     ),
     "bad --cuda-arch": (
         lambda p: None,
@@ -427,7 +428,7 @@ CASES: dict[str, tuple[Edit, list[str], str]] = {
     "inspect a file that does not exist": (
         lambda p: None,
         ["inspect", "/nonexistent/sf_tiny-1.0.0-py3-none-any.whl"],
-        r"/nonexistent/sf_tiny-1\.0\.0-py3-none-any\.whl: no such wheel or library",
+        r"/nonexistent/sf_tiny-1\.0\.0-py3-none-any\.whl: no such wheel or file",
     ),
 }
 
@@ -548,11 +549,11 @@ def _zip(path: Path, members: dict[str, bytes]) -> None:
 WHEEL_CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     "text posing as a wheel": (
         lambda w: w.write_text("not a wheel\n"),
-        r"sf_tiny-1\.0\.0-py3-none-any\.whl: neither a wheel \(zip\) nor an ELF library",
+        r"sf_tiny-1\.0\.0-py3-none-any\.whl: neither a wheel \(zip\) nor an ELF, fatbin or PTX file",
     ),
     "truncated zip": (
         lambda w: w.write_bytes(b"PK\x03\x04 and then nothing"),
-        r"sf_tiny-1\.0\.0-py3-none-any\.whl: neither a wheel \(zip\) nor an ELF library",
+        r"sf_tiny-1\.0\.0-py3-none-any\.whl: neither a wheel \(zip\) nor an ELF, fatbin or PTX file",
     ),
     "library in the wheel with a corrupt ELF header": (
         lambda w: _zip(w, {"sf_tiny/_core.so": GARBAGE_ELF}),

@@ -302,7 +302,8 @@ def test_github_outdated_runs_weekly_and_proposes_the_moved_lines() -> None:
         "outdated", "--target", "$SPARK_TARGET", "--json", "--lock-moved"
     ]  # fmt: skip
     assert runs.index("--lock-moved") < runs.index("git diff --quiet -- lock.toml")
-    assert "gh pr create" in runs
+    assert "gh pr create" in runs and "gh pr list --head" in runs  # one open request at most
+    assert "git push --quiet --force origin" in runs
     cache = next(s for s in job["steps"] if "actions/cache" in s.get("uses", ""))
     assert cache["with"]["path"].endswith("/verdicts")
 

@@ -144,7 +144,8 @@ def test_per_arch_modules_do_not_decide() -> None:
         assert optional.verdict.status is Status.WILL_NOT_RUN
         assert any(
             line.startswith(
-                "not deciding: vllm/_deepselect_C.so is a per-GPU module (only sm_100f)"
+                "not deciding: vllm/_deepselect_C.so is a per-GPU module for other GPU "
+                "generations (only sm_100f)"
             )
             for line in result.reasoning
         )

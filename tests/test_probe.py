@@ -228,7 +228,8 @@ def test_inspect_judges_the_wheel_for_each_target(
     built: Built, capsys: pytest.CaptureFixture[str]
 ) -> None:
     capsys.readouterr()
-    for target, arch in (("dgx-spark", "sm_121"), ("hopper", "sm_90")):
+    # spark-x86: the Spark's GPU code in this x86_64 wheel (dgx-spark is aarch64: below).
+    for target, arch in (("spark-x86", "sm_121"), ("hopper", "sm_90")):
         assert (
             main(
                 [
@@ -247,6 +248,12 @@ def test_inspect_judges_the_wheel_for_each_target(
         assert report["ok"] is True
         assert report["audits"][arch]["verdict"] == "native"
         assert report["audits"][arch]["libraries"][0]["runs"] == arch
+    spark = ["inspect", str(built.wheel), "--target", "dgx-spark", "--json", "--project",
+             str(built.project)]  # fmt: skip
+    assert main(spark) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["audits"]["sm_121"]["verdict"] == "wrong-platform"
+    assert "is not for aarch64" in report["platform_problem"]
 
 
 def test_probe_library_matches_cuobjdump(built: Built, cuobjdump: Path, tmp_path: Path) -> None:

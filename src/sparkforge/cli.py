@@ -138,6 +138,16 @@ def _runner_options(parser: argparse.ArgumentParser) -> None:
                         help="build the image from a base not pinned in lock.toml (recorded)")  # fmt: skip
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the wheelhouse (imports only the server: it is up in a fraction of a second)."""
+    from .serve import serve_wheelhouse
+    from .workspace import wheelhouse_dir
+
+    return serve_wheelhouse(
+        wheelhouse_dir(args.wheelhouse, args.project), args.host, args.port, quiet=args.quiet
+    )
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .inspect import inspect_command
     from .targets import load_target
@@ -275,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000, help="port, 0 for any (default: 8000)")
     serve.add_argument("--quiet", action="store_true", help="no access log on stderr")
     _common(serve)
-    serve.set_defaults(func=_lazy("cmd_serve"))
+    serve.set_defaults(func=cmd_serve)
 
     export = sub.add_parser(
         "export", help="pin the wheelhouse's wheels (and dependencies) by sha256 for installs"
@@ -334,8 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     outdated.add_argument("--index-url", default=None, metavar="URL",
                           help="PyPI-style JSON API root (default: https://pypi.org/pypi)")  # fmt: skip
     outdated.add_argument("--lock-moved", action="store_true",
-                          help="lock each release newer than every locked one, on demand "
-                               "(unreviewed; writes lock.toml)")  # fmt: skip
+                          help="lock upstream's newest release where it is newer than every "
+                               "listed one, on demand (unreviewed; writes lock.toml)")  # fmt: skip
     _common(outdated)
     outdated.set_defaults(func=_lazy("cmd_outdated"))
 

@@ -38,7 +38,7 @@ from .runners import ContainerRunner, HostRunner, Runner
 from .smoke import SKIPPED, declared_dependencies, run_smoke, run_smoke_in_container
 from .sources import materialize
 from .targets import Target, available_targets, load_target
-from .workspace import Workspace
+from .workspace import Workspace, wheelhouse_dir
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -96,8 +96,7 @@ def _build_args(items: Sequence[str]) -> dict[str, str]:
 
 
 def _wheelhouse(args: argparse.Namespace) -> Path:
-    chosen: Path = args.wheelhouse or args.project / "wheelhouse"
-    return chosen.resolve()
+    return wheelhouse_dir(args.wheelhouse, args.project)
 
 
 @dataclass
@@ -557,7 +556,8 @@ def cmd_lock(args: argparse.Namespace) -> int:
         # Versions locked on demand earlier are kept current, and --version adds one.
         unlisted = [v for v, e in lock.recipes.get(name, {}).items()
                     if e.derived_from is not None and v not in recipe.spec.versions]  # fmt: skip
-        for version in dict.fromkeys([*unlisted, *args.version]):
+        asked = args.version if args.recipes and name == args.recipes[0] else []
+        for version in dict.fromkeys([*unlisted, *asked]):
             recipe = recipe.with_version(version)
         for version in recipe.spec.versions:
             series = load_series(project, name, version)
@@ -615,12 +615,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         as_json=args.json,
         console=console,
     )
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    from .serve import serve_wheelhouse
-
-    return serve_wheelhouse(_wheelhouse(args), args.host, args.port, quiet=args.quiet)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -734,13 +728,17 @@ def cmd_outdated(args: argparse.Namespace) -> int:
     for name in names:
         recipe = load_recipe(project, name)
         locked = list(lock.recipes.get(name, {}))
-        with console.status(f"{name}: reading {args.index_url}"):
+        with console.status(f"{name}: reading {args.index_url or DEFAULT_INDEX}"):
             row = row_for(recipe, locked, target, index=args.index_url or DEFAULT_INDEX,
                           audit=not args.no_audit, cache=cache, scratch=workspace.root / "tmp",
                           progress=lambda line: print(f"  {line}", file=sys.stderr))  # fmt: skip
         rows.append(row)
         if args.lock_moved and row.moved and row.newest is not None:
-            _lock_moved(project, recipe, row.newest, workspace)
+            try:
+                _lock_moved(project, recipe, row.newest, workspace)
+            except SparkforgeError as exc:  # one recipe that cannot be locked stops no other
+                row.answer += f"; not locked: {exc.message}"
+                print(f"error: {name} {row.newest} not locked: {exc.message}", file=sys.stderr)
     if args.json:
         print(json.dumps({"target": target.name, "recipes": [r.to_json() for r in rows]}, indent=2))
         return 0

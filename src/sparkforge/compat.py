@@ -28,6 +28,7 @@ every target.
 from __future__ import annotations
 
 import dataclasses
+import posixpath
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -74,6 +75,13 @@ _RANK = {
     )
 }
 _VARIANT_ORDER = {"": 0, "f": 1, "a": 2}
+
+
+def rank(status: Status) -> int:
+    """How bad a status is (higher: worse); no device code ranks below every verdict."""
+    return _RANK.get(status, -1)
+
+
 _SHOWN_ARCHS = 6
 
 
@@ -244,7 +252,13 @@ def audit(
     if standalone:
         judged.append(_audit_library(_device_code_body(standalone), target_sm, None))
     with_code = [lib for lib in judged if lib.role is not Role.HOST]
-    deciding = [lib for lib in with_code if lib.role is not Role.PER_ARCH] or with_code
+    # A per-GPU module decides when it is built for the target's generation (its code has
+    # the target's major): it is then meant to run there, and a build that got it wrong
+    # must not pass the gate.
+    deciding = [
+        lib for lib in with_code
+        if lib.role is not Role.PER_ARCH or any(c.sm // 10 == target_sm // 10 for c in lib.code)
+    ] or with_code  # fmt: skip
     wrong = [lib for lib in judged if lib.verdict.status is Status.WRONG_PLATFORM]
     reasoning: list[str] = []
     if wrong:
@@ -289,25 +303,28 @@ def _reasoning(
     for lib in optional:
         archs = ", ".join(sorted({c.name for c in lib.code}))
         lines.append(
-            f"not deciding: {lib.path_in_wheel} is a per-GPU module (only {archs}); the "
-            f"package loads it where it runs: {lib.verdict.status} on sm_{target_sm}"
+            f"not deciding: {lib.path_in_wheel} is a per-GPU module for other GPU generations "
+            f"(only {archs}); the package loads it where it runs: {lib.verdict.status} on "
+            f"sm_{target_sm}"
         )
     return lines
 
 
 def _device_code_body(reports: Sequence[LibraryReport]) -> LibraryReport:
     """Standalone device-code files as one body: each file is one container."""
-    kinds = Counter(r.path_in_wheel.rsplit(".", 1)[-1] if "." in r.path_in_wheel else r.kind
+    kinds = Counter(posixpath.splitext(r.path_in_wheel)[1].lstrip(".") or r.kind
                     for r in reports)  # fmt: skip
-    folders = {r.path_in_wheel.split("/", 1)[0] for r in reports}
-    where = f"{folders.pop()}/" if len(folders) == 1 else ""
+    tops = {r.path_in_wheel.split("/", 1)[0] for r in reports if "/" in r.path_in_wheel}
+    where = (
+        f"{tops.pop()}/ " if len(tops) == 1 and all("/" in r.path_in_wheel for r in reports) else ""
+    )
     described = ", ".join(f"{count} .{kind}" for kind, count in sorted(kinds.items()))
     code: Counter[CudaCode] = Counter()
     fatbins: Counter[frozenset[CudaCode]] = Counter()
     for report in reports:
         code.update(report.code)
         fatbins.update(report.fatbins)
-    return LibraryReport(f"{where} ({described} files)", code, fatbins, kind="cubin")
+    return LibraryReport(f"{where}({described} files)", code, fatbins, kind="cubin")
 
 
 def _library_verdict(report: LibraryReport, target_sm: int) -> Verdict:
@@ -345,10 +362,10 @@ def _library_verdict(report: LibraryReport, target_sm: int) -> Verdict:
 
 
 def _role(report: LibraryReport) -> Role:
+    if not report.code:
+        return Role.HOST  # nothing loadable (host code, or LTO IR only)
     if report.kind != "library":
         return Role.DEVICE_CODE
-    if not report.code:
-        return Role.HOST
     if all(code.variant for code in report.code):
         return Role.PER_ARCH
     return Role.CORE

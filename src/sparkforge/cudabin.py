@@ -305,16 +305,31 @@ def scan_elf(fileobj: BinaryIO) -> dict[CudaCode, int]:
 
 
 class _FileSlices:
-    """Slices of an open file read with pread: thread-safe, and the pages read are page
-    cache, not this process's memory (a memory map of a 1 GB wheel would count them)."""
+    """Slices of an open file (or of a window of it) read with pread: thread-safe, and the
+    pages read are page cache, not this process's memory (a memory map of a 1 GB wheel
+    would count them)."""
 
-    def __init__(self, fileobj: BinaryIO) -> None:
+    def __init__(self, fileobj: BinaryIO, start: int = 0, end: int | None = None) -> None:
         self._fd = fileobj.fileno()
-        self._size = os.fstat(self._fd).st_size
+        self._base = start
+        self._size = (os.fstat(self._fd).st_size if end is None else end) - start
+
+    def window(self, start: int, end: int) -> _FileSlices:
+        """The bytes ``[start, end)`` of this view, as a view of their own."""
+        view = object.__new__(_FileSlices)
+        view._fd, view._base, view._size = self._fd, self._base + start, end - start
+        return view
 
     def __getitem__(self, key: slice, /) -> bytes:
         start, stop, _ = key.indices(self._size)
-        return os.pread(self._fd, max(0, stop - start), start)
+        chunks, offset = [], start
+        while offset < stop:  # one pread returns at most about 2 GiB on Linux
+            chunk = os.pread(self._fd, stop - offset, self._base + offset)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            offset += len(chunk)
+        return b"".join(chunks)
 
     def __len__(self) -> int:
         return self._size
@@ -413,15 +428,19 @@ def _scan_member(
     where = f"{path}: {info.filename}"
     method = info.compress_type
     if method not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-        with wheel.open(info) as member:  # other methods: zipfile's own reader
-            content = member.read()
+        try:
+            with wheel.open(info) as member:  # other methods: zipfile's own reader
+                content = member.read()
+        except NotImplementedError as error:  # e.g. deflate64: zipfile cannot read it
+            raise WheelError(f"{where}: {error}") from None
         return _classify(info.filename, content[:_HEAD], content, where)
     start, end = _raw_span(data, info)
     if method == zipfile.ZIP_STORED:
         head = data[start : start + _HEAD]
         if not _may_hold_code(head, info.filename):
             return None
-        return _report(info.filename, head, data[start:end], where)
+        view = data.window(start, end) if isinstance(data, _FileSlices) else data[start:end]
+        return _report(info.filename, head, view, where)
     head = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data[start : start + (1 << 16)], _HEAD)
     if not _may_hold_code(head, info.filename):
         return None
@@ -432,7 +451,10 @@ def _scan_member(
     inflate = zlib.decompressobj(-zlib.MAX_WBITS)
     with tempfile.TemporaryFile() as spool:
         for offset in range(start, end, _SPOOL_CHUNK):
-            spool.write(inflate.decompress(data[offset : min(offset + _SPOOL_CHUNK, end)]))
+            pending = data[offset : min(offset + _SPOOL_CHUNK, end)]
+            while pending:  # bounded output per call, however well the chunk compresses
+                spool.write(inflate.decompress(pending, _SPOOL_CHUNK * 4))
+                pending = inflate.unconsumed_tail
         spool.write(inflate.flush())
         spool.flush()
         with _mapped(spool) as mapped:
@@ -456,7 +478,7 @@ def _report(name: str, head: bytes, data: Buffer, where: str) -> LibraryReport |
                 sass = _cubin_code(data, elf)
                 return LibraryReport(name, Counter([sass]), Counter([frozenset([sass])]), "cubin")
             containers = _fatbins_of(data, elf)
-            machine = MACHINES.get(elf.machine, f"ELF machine {elf.machine}")
+            machine = MACHINES.get(elf.machine)  # other machines (AMDGPU, BPF…): not compared
             fatbins = Counter(frozenset(container) for container in containers)
             return LibraryReport(name, _merge(containers), fatbins, "library", machine)
         if head[:4] == _CONTAINER_MAGIC_BYTES:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from .compat import AuditResult, Status, audit
+from .compat import AuditResult, Status, audit, rank
 from .cudabin import LibraryReport, scan_wheel
 from .errors import ConfigError
 
@@ -38,12 +38,17 @@ class Judgement:
         return self.platform_problem is None and all(a.ok for a in self.audits.values())
 
     @property
+    def worst_audit(self) -> AuditResult | None:
+        """The arch whose verdict is worst: failing before passing, then by rank."""
+        return max(self.audits.values(), key=lambda a: (not a.ok, rank(a.status)), default=None)
+
+    @property
     def verdict(self) -> str:
         """One word for tables: the worst arch's status (wrong-platform first)."""
         if self.platform_problem is not None:
             return str(Status.WRONG_PLATFORM)
-        worst = [a for a in self.audits.values() if not a.ok] or list(self.audits.values())
-        return str(worst[0].status)
+        worst = self.worst_audit
+        return str(worst.status) if worst else str(Status.NO_CUDA_CODE)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -13,6 +13,7 @@ target, else "build".
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import tempfile
@@ -39,6 +40,7 @@ VERDICT_FORMAT = 1
 _CHUNK = 1 << 20
 
 Progress = Callable[[str], None]
+_VERDICT_KEYS = {"wheel", "sha256", "verdict", "runs", "summary", "reasoning"}
 
 
 class IndexError_(SparkforgeError):
@@ -92,8 +94,19 @@ def newest_release(index: str, dist: str) -> Release | None:
         if exc.code == 404:
             return None
         raise IndexError_(f"cannot read {url}: HTTP {exc.code}; check --index-url") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, http.client.HTTPException) as exc:
         raise IndexError_(f"cannot read {url}: {exc}; check --index-url and the network") from None
+    try:
+        return _newest(data, url)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise IndexError_(
+            f"{url} is not a PyPI JSON API response ({type(exc).__name__}: {exc}); "
+            "check --index-url"
+        ) from None
+
+
+def _newest(data: Any, url: str) -> Release | None:
+    """The newest final release with files in a PyPI JSON API document."""
     best: tuple[Version, str] | None = None
     for text, files in data.get("releases", {}).items():
         try:
@@ -156,9 +169,12 @@ class VerdictCache:
         return self.root / f"v{VERDICT_FORMAT}-{sha256}-{target.name}-{archs}-{cpu}.json"
 
     def get(self, sha256: str, target: Target, cuda_required: bool) -> dict[str, Any] | None:
+        """The cached verdict, or None when there is none or it is not a whole one."""
         try:
-            data: dict[str, Any] = json.loads(self._path(sha256, target, cuda_required).read_text())
+            data = json.loads(self._path(sha256, target, cuda_required).read_text())
         except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or not set(data) >= _VERDICT_KEYS:
             return None
         return data
 
@@ -166,11 +182,17 @@ class VerdictCache:
         self, sha256: str, target: Target, cuda_required: bool, verdict: dict[str, Any]
     ) -> None:
         path = self._path(sha256, target, cuda_required)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".verdict-")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(verdict, handle, indent=2, sort_keys=True)
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".verdict-")
+            with os.fdopen(fd, "w") as handle:
+                json.dump(verdict, handle, indent=2, sort_keys=True)
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise IndexError_(
+                f"cannot write the verdict cache {path.parent}: {exc.strerror}; check the "
+                "workspace (--workspace) is writable"
+            ) from None
 
 
 def _download(upstream: UpstreamFile, directory: Path, progress: Progress) -> Path:
@@ -184,7 +206,7 @@ def _download(upstream: UpstreamFile, directory: Path, progress: Progress) -> Pa
             while chunk := response.read(_CHUNK):
                 digest.update(chunk)
                 out.write(chunk)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, http.client.HTTPException) as exc:
         raise IndexError_(f"cannot download {upstream.url}: {exc}; check the network") from None
     if digest.hexdigest() != upstream.sha256:
         raise IndexError_(
@@ -207,19 +229,22 @@ def judge_upstream(
     cached = cache.get(upstream.sha256, target, cuda_required)
     if cached is not None:
         return cached
-    scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        scratch.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise IndexError_(f"cannot create {scratch}: {exc.strerror}; check --workspace") from None
     with tempfile.TemporaryDirectory(dir=scratch, prefix="outdated-") as tmp:
         wheel = _download(upstream, Path(tmp), progress)
         archs = {arch.name: arch.sm for arch in target.cuda_archs}
         judgement = judge(wheel, target.name, target.machine, archs, cuda_required=cuda_required)
-    worst = [a for a in judgement.audits.values() if not a.ok] or list(judgement.audits.values())
+    worst = judgement.worst_audit
     verdict = {
         "wheel": upstream.filename,
         "sha256": upstream.sha256,
         "verdict": judgement.verdict,
         "runs": judgement.ok,
-        "summary": judgement.platform_problem or (worst[0].summary if worst else ""),
-        "reasoning": list(worst[0].reasoning) if worst else [],
+        "summary": judgement.platform_problem or (worst.summary if worst else ""),
+        "reasoning": list(worst.reasoning) if worst else [],
     }
     cache.put(upstream.sha256, target, cuda_required, verdict)
     return verdict
@@ -267,7 +292,12 @@ def row_for(
     )  # fmt: skip
     row.verdict, row.runs = verdict["verdict"], verdict["runs"]
     row.reasoning = [verdict["summary"], *verdict["reasoning"]]
-    if row.runs:
+    if row.runs and row.verdict == "no-cuda-code":  # a recipe with cuda = false (triton)
+        row.answer = (
+            f"pip install {dist}=={release.version}: upstream's wheel has no device code "
+            "(none expected)"
+        )
+    elif row.runs:
         row.answer = f"pip install {dist}=={release.version}: upstream's wheel is {row.verdict}"
     else:
         row.answer = f"build: upstream's wheel is {row.verdict}"

@@ -458,6 +458,12 @@ class Recipe:
         the borrowed version's patches are not carried (they live under its own name)."""
         if requested in self.spec.versions:
             return self
+        if self.spec.source.path is not None:
+            known = ", ".join(self.spec.versions)
+            raise ConfigError(
+                f"{self.path}: recipe '{self.name}' has no version '{requested}'; known: {known} "
+                "(its source is a path: only the versions it lists exist)"
+            )
         try:
             wanted = Version(requested)
         except InvalidVersion:
@@ -472,6 +478,12 @@ class Recipe:
                 listed.append((Version(name), name))
             except InvalidVersion:
                 continue  # "main" and other branches do not order
+        same = [name for version, name in listed if version == wanted]
+        if same:
+            raise ConfigError(
+                f"--version: '{requested}' is {self.name} {same[0]}, which {self.path} lists; "
+                f"write --version {same[0]}"
+            )
         if not listed:
             raise ConfigError(
                 f"{self.path}: recipe '{self.name}' lists no release to borrow settings from "

@@ -127,3 +127,8 @@ class Workspace:
         tmp = self.history_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
         os.replace(tmp, self.history_file)
+
+
+def wheelhouse_dir(chosen: Path | None, project: Path) -> Path:
+    """The wheelhouse a command works on: ``--wheelhouse``, else ``<project>/wheelhouse``."""
+    return (chosen or project / "wheelhouse").resolve()
