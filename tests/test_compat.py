@@ -227,3 +227,20 @@ def test_summary_names_the_deciding_library() -> None:
     assert (
         audit([report("host.so")], 121).summary == "no-cuda-code: no library has CUDA device code"
     )
+
+
+def test_per_gpu_modules_of_the_targets_generation_decide() -> None:
+    """A module built only for sm_120a is meant for the 12.x GPUs: on sm_121 its code does
+    not run, and that must fail the wheel (a build that left sm_121 out), not be waved on."""
+    libraries = [report("pkg/_C.so", ["sm_120"]), report("pkg/_fp4.so", ["sm_120a"])]
+    result = audit(libraries, 121)
+    assert result.libraries[1].decides and result.status is Status.WILL_NOT_RUN
+    assert not result.ok
+
+
+def test_a_file_with_nothing_loadable_decides_nothing() -> None:
+    """A standalone fatbin holding only LTO IR has no SASS or PTX: host role, no crash."""
+    lto = LibraryReport("pkg/kernels.fatbin", Counter(), Counter(), kind="fatbin")
+    result = audit([lto, report("pkg/_C.so", ["sm_120"])], 121)
+    assert result.status is Status.COMPATIBLE
+    assert audit([lto], 121).status is Status.NO_CUDA_CODE

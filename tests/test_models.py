@@ -116,3 +116,19 @@ def test_target_errors_name_file_and_key(project: Path, edit, message: str) -> N
 def test_unknown_target_lists_known(project: Path) -> None:
     with pytest.raises(ConfigError, match=r"no target 'nope'.*known targets: dgx-spark, hopper"):
         load_target(project, "nope")
+
+
+def test_an_unlisted_version_borrows_the_nearest_listed_settings() -> None:
+    """Recipe.with_version: the newest listed release not above it; refs renamed; another
+    spelling of a listed version refused."""
+
+    project = Path(__file__).resolve().parents[1]
+    triton = load_recipe(project, "triton")
+    derived = triton.with_version("3.5.2")
+    assert derived.derived == {"3.5.2": "3.5.1"}
+    assert derived.spec.versions["3.5.2"].ref == "v3.5.2"
+    assert not derived.spec.versions["3.5.2"].default
+    assert triton.with_version("3.0.0").derived == {"3.0.0": "3.5.0"}  # below all: the oldest
+    torch = load_recipe(project, "torch")
+    with pytest.raises(ConfigError, match=r"'2\.15' is torch 2\.15\.0, which .* lists"):
+        torch.with_version("2.15")
