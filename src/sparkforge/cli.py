@@ -8,9 +8,12 @@ The commands live in :mod:`commands` and are imported only when one is chosen;
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
 import re
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -38,7 +41,19 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports usage errors as one line and exit code 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise ConfigError(f"{self.prog}: {message}; see `{self.prog} --help`")
+        raise ConfigError(
+            f"{self.prog}: {message}{_did_you_mean(message)}; see `{self.prog} --help`"
+        )
+
+
+def _did_you_mean(message: str) -> str:
+    """argparse's "invalid choice: 'biuld' (choose from …)": the nearest choice, if any."""
+    found = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+    if not found:
+        return ""
+    choices = re.findall(r"'?([\w-]+)'?", found[2])
+    close = difflib.get_close_matches(found[1], choices, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -359,16 +374,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: stopped like Ctrl-C (the running command's whole process group
+    first), with the signal's exit status."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise Terminated(signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    # SIGTERM (a CI runner, `kill`, systemd) and SIGHUP (a closed terminal) take Ctrl-C's
+    # path: the build's process group is stopped, nothing unfinished is published.
+    handled = (signal.SIGTERM, signal.SIGHUP)
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, _terminate) for sig in handled}
     try:
         args = build_parser().parse_args(argv)
         return int(args.func(args))
     except SparkforgeError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return exc.exit_code
+    except Terminated as stop:
+        name = signal.Signals(stop.signum).name
+        print(f"terminated ({name}); the build's processes were stopped and the wheelhouse was "
+              "not changed by the unfinished step", file=sys.stderr)  # fmt: skip
+        return 128 + stop.signum
     except KeyboardInterrupt:
         print("interrupted; the wheelhouse was not changed by the unfinished step", file=sys.stderr)
         return 130
+    except OSError as exc:  # a bad environment (permissions, a full disk…): one line, no traceback
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}; check that path, its permissions and the "
+              "free space", file=sys.stderr)  # fmt: skip
+        return 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ loaded, so a typo fails before anything is fetched.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import re
 import shlex
@@ -521,8 +522,11 @@ def load_recipe(project: Path, name: str) -> Recipe:
     directory = project / "recipes" / name
     path = directory / "recipe.toml"
     if not is_file(path):
-        known = ", ".join(available_recipes(project)) or "none"
-        raise ConfigError(f"no recipe '{name}' ({path} not found); known recipes: {known}")
+        names = available_recipes(project)
+        known = ", ".join(names) or "none"
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ConfigError(f"no recipe '{name}' ({path} not found); {hint}known recipes: {known}")
     data: dict[str, Any] = read_toml(path, what="recipe")
     spec = load_model(RecipeFile, path, what="recipe", data=data)
     if spec.name != name:

@@ -6,6 +6,7 @@ A target is one file, ``targets/<name>.toml``. ``dgx-spark`` is the default;
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,9 +157,12 @@ def load_target(project: Path, name: str) -> Target:
         raise ConfigError(f"--target: '{name}' is not a valid target name")
     path = project / "targets" / f"{name}.toml"
     if not is_file(path):
-        known = ", ".join(available_targets(project)) or "none"
+        names = available_targets(project)
+        known = ", ".join(names) or "none"
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
         raise ConfigError(
-            f"--target: no target '{name}' ({path} not found); known targets: {known}"
+            f"--target: no target '{name}' ({path} not found); {hint}known targets: {known}"
         )
     data = read_toml(path, what="target")
     reader = _Reader(path, data)

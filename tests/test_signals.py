@@ -1,0 +1,84 @@
+"""SIGTERM and SIGHUP stop a build like Ctrl-C: the whole process tree of the running build
+command goes, the wheelhouse is untouched, one line says so, and the exit status is the
+signal's. Also: one line for an OSError, and suggestions for misspelled names."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import CliRunner
+
+# The build command starts a grandchild that would run for five minutes, records its pid
+# and waits: what a compiler tree under make/ninja looks like to the pipeline.
+SLEEPER = """command = ["sh -c 'sleep 300 & echo $! > {build_dir}/sleeper.pid; wait'"]"""
+
+
+def _alive(pid: int) -> bool:
+    """A process that exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_a_signal_stops_the_whole_build_tree(
+    tiny: Path, shared_workspace: Path, sig: signal.Signals, status: int
+) -> None:
+    recipe = tiny / "recipes" / "tiny" / "recipe.toml"
+    text = recipe.read_text()
+    start = text.index("command = [")
+    recipe.write_text(text[:start] + SLEEPER + text[text.index("\n", start) :])
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sparkforge.cli", "build", "tiny", "--target", "hopper",
+         "--project", str(tiny), "--workspace", str(shared_workspace)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    pid_files: list[Path] = []
+    while not pid_files and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+        pid_files = [p for p in shared_workspace.glob("builds/*/sleeper.pid") if p.read_text()]
+    assert pid_files, process.communicate(timeout=30)
+    sleeper = int(pid_files[0].read_text())
+    assert _alive(sleeper)
+    process.send_signal(sig)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == status, out + err
+    assert f"terminated ({sig.name})" in err and "Traceback" not in err
+    for _ in range(50):  # the group got SIGTERM; give it a moment to go
+        if not _alive(sleeper):
+            break
+        time.sleep(0.1)
+    assert not _alive(sleeper), "the build's grandchild survived"
+    assert not list((tiny / "wheelhouse").glob("files/*.whl"))
+    pid_files[0].unlink()
+
+
+def test_an_unwritable_wheelhouse_is_one_line(cli: CliRunner, tiny: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the wheelhouse should be")
+    result = cli("index", "--wheelhouse", blocker / "house", "--project", tiny)
+    lines = result.err.strip().splitlines()
+    assert result.code != 0 and len(lines) == 1 and lines[0].startswith("error: "), result.err
+    assert "Traceback" not in result.err
+
+
+@pytest.mark.parametrize(
+    ("argv", "hint"),
+    [(["biuld", "tiny"], "did you mean 'build'?"),
+     (["build", "tinny", "--dry-run"], "did you mean 'tiny'?"),
+     (["build", "tiny", "--target", "hoper", "--dry-run"], "did you mean 'hopper'?")],
+)  # fmt: skip
+def test_misspelled_names_get_a_suggestion(
+    cli: CliRunner, tiny: Path, argv: list[str], hint: str
+) -> None:
+    result = cli(*argv, "--project", tiny)
+    assert result.code == 2 and hint in result.err, result.err
