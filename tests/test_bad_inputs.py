@@ -218,6 +218,16 @@ CASES: dict[str, tuple[Edit, list[str], str]] = {
         ["build", "tiny", "--cuda-arch", "sm_12x"],
         r"--cuda-arch: 'sm_12x' is not a CUDA architecture",
     ),
+    "--cuda-arch CUDA cannot build": (
+        lambda p: None,
+        ["build", "tiny", "--cuda-arch", "999", "--dry-run"],
+        r"--cuda-arch: CUDA 13\.0 cannot build sm_999 \(it builds sm_75, .*sm_121; 'a' variants",
+    ),
+    "--cuda-arch variant nvcc refuses": (
+        lambda p: None,
+        ["build", "tiny", "--cuda-arch", "90f", "--dry-run"],
+        r"--cuda-arch: CUDA 13\.0 cannot build sm_90f",
+    ),
     "unknown option": (
         lambda p: None,
         ["build", "tiny", "--turbo"],

@@ -73,6 +73,25 @@ def check_arch(text: str) -> str:
     return text
 
 
+# The SASS each CUDA version's nvcc builds (`nvcc --list-gpu-code` of CUDA 13.0.88); the
+# arch-specific `a` variants exist from sm_90, the family `f` variants from sm_100 (nvcc
+# refuses sm_89a and sm_90f). A CUDA version not listed here is not checked.
+KNOWN_SASS: dict[str, frozenset[int]] = {
+    "13.0": frozenset({75, 80, 86, 87, 88, 89, 90, 100, 103, 110, 120, 121}),
+}
+
+
+def unknown_archs(archs: tuple[CudaArch, ...], cuda_version: str) -> list[CudaArch]:
+    """The archs that CUDA ``cuda_version`` cannot build (none when it is not in the table)."""
+    known = KNOWN_SASS.get(cuda_version)
+    if known is None:
+        return []
+    return [
+        a for a in archs
+        if a.sm not in known or (a.variant == "a" and a.sm < 90) or (a.variant == "f" and a.sm < 100)
+    ]  # fmt: skip
+
+
 def merge_archs(*groups: tuple[CudaArch, ...]) -> tuple[CudaArch, ...]:
     """Union of arch lists, sorted, without duplicates."""
     return tuple(sorted({arch for group in groups for arch in group}))

@@ -27,7 +27,15 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 from rich.console import Console
 
 from . import __version__, compat, consistency, cudabin, wheels
-from .archs import CudaArch, arch_list_a, cmake_architectures, merge_archs, torch_arch_list
+from .archs import (
+    KNOWN_SASS,
+    CudaArch,
+    arch_list_a,
+    cmake_architectures,
+    merge_archs,
+    torch_arch_list,
+    unknown_archs,
+)
 from .buildenv import env_path, upstream_wheels
 from .consistency import Need
 from .digest import sha256_file
@@ -380,6 +388,16 @@ def plan(
     if conflicts and not dry_run:
         more = f" ({len(conflicts) - 1} more: see --dry-run)" if len(conflicts) > 1 else ""
         raise ConfigError(conflicts[0] + more)
+    for origin, group in ((f"{target.path}: key 'cuda_archs'", target.cuda_archs),
+                          (f"{recipe.path}: key 'build.cuda_archs'", recipe.extra_archs),
+                          ("--cuda-arch", options.extra_archs)):  # fmt: skip
+        unknown = unknown_archs(group, target.cuda_version)
+        if unknown:
+            known = ", ".join(f"sm_{sm}" for sm in sorted(KNOWN_SASS[target.cuda_version]))
+            raise ConfigError(
+                f"{origin}: CUDA {target.cuda_version} cannot build {unknown[0].name} (it builds "
+                f"{known}; 'a' variants from sm_90, 'f' from sm_100); check the arch"
+            )
     archs = merge_archs(target.cuda_archs, recipe.extra_archs, options.extra_archs)
     jobs = job_count(recipe.spec.memory_per_job_gb, options.jobs)
     identity = runner.identity(target)
