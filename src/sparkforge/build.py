@@ -244,6 +244,25 @@ def _key(data: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
+# The modules whose code decides the wheel's bytes: the build environment and commands
+# (build), the build venv (buildenv), where and how commands run (runners, containers),
+# the staged sources and patches (sources, patches), repair and normalization (wheels).
+# Their digest is part of every build key: a change to any of them rebuilds, so "up to
+# date" never means "built by other code" (the audit, index and CLI are not in it).
+OUTPUT_MODULES = ("build.py", "buildenv.py", "containers.py", "patches.py", "runners.py",
+                  "sources.py", "wheels.py")  # fmt: skip
+
+
+def pipeline_digest(root: Path | None = None) -> str:
+    """sha256 over the output-shaping modules' source (``root``: this package)."""
+    root = root or Path(__file__).parent
+    digest = hashlib.sha256()
+    for name in OUTPUT_MODULES:
+        digest.update(f"{name}\0".encode())
+        digest.update((root / name).read_bytes())
+    return digest.hexdigest()
+
+
 def _environment(
     target: Target,
     plan_values: dict[str, str],
@@ -407,6 +426,7 @@ def plan(
     key = _key(
         {
             "sparkforge": __version__,
+            "pipeline": pipeline_digest(),
             "recipe": recipe.digest,
             "version": version,
             "lock": entry.fingerprint(),

