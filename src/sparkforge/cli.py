@@ -227,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     _build_settings(build_all)
     build_all.add_argument("--force", action="store_true", help="rebuild even what is up to date")
     build_all.add_argument("--no-wait", action="store_true")
+    build_all.add_argument("--dry-run", action="store_true",
+                           help="plan every recipe in order and print what would happen")  # fmt: skip
+    build_all.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
     build_all.add_argument("--no-preflight", action="store_true",
                            help="skip each recipe's preflight before its build")  # fmt: skip
     _common(build_all)

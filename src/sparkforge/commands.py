@@ -379,8 +379,11 @@ def cmd_build_all(args: argparse.Namespace) -> int:
     A failed recipe does not stop the others; what needs it is skipped."""
     project = args.project.resolve()
     workspace = Workspace.locate(args.workspace)
-    args.recipe, args.version, args.dry_run = None, None, False
-    plans = _plans(args, project, workspace, args.recipes or available_recipes(project), top=None)
+    args.recipe, args.version = None, None
+    names = args.recipes or available_recipes(project)
+    if args.dry_run:
+        return _build_all_plan(args, project, workspace, names)
+    plans = _plans(args, project, workspace, names, top=None)
     outcomes: list[_Outcome] = []
     broken: set[str] = set()
     checked: set[str] = set()
@@ -437,6 +440,50 @@ def cmd_build_all(args: argparse.Namespace) -> int:
     console.print(table)
     failed = [o for o in outcomes if o.status in ("failed", "skipped")]
     return 1 if failed else 0
+
+
+def _build_all_plan(
+    args: argparse.Namespace, project: Path, workspace: Workspace, names: list[str]
+) -> int:
+    """build-all --dry-run: what each recipe would do, in build order; nothing runs. A
+    recipe that cannot be planned (no lock entry, a conflict) is a row, not the end."""
+    house = Wheelhouse(_wheelhouse(args))
+    rows: list[dict[str, object]] = []
+    plans: dict[str, BuildPlan] = {}
+    for level in recipe_levels(project, names):
+        for node in level:
+            try:
+                for the_plan in _plans(args, project, workspace, [node.recipe], top=None):
+                    plans.setdefault(the_plan.recipe.name, the_plan)
+            except SparkforgeError as exc:
+                rows.append({"recipe": node.recipe, "version": "", "build_key": None,
+                             "action": "cannot plan", "blocked_by": exc.message,
+                             "preflight": False, "needs": {}, "jobs": None,
+                             "unreviewed": []})  # fmt: skip
+    for the_plan in plans.values():
+        done = up_to_date(the_plan)
+        spec = the_plan.recipe.preflight(the_plan.version)
+        rows.append({
+            "recipe": the_plan.recipe.name, "version": the_plan.version,
+            "build_key": the_plan.build_key,
+            "action": "up to date" if done else ("blocked" if the_plan.blocked_by else "build"),
+            "blocked_by": the_plan.blocked_by,
+            "preflight": bool(spec.configure or spec.frontend) and not args.no_preflight,
+            "needs": {n: house.built(k) is not None for n, k in the_plan.need_keys.items()},
+            "jobs": the_plan.jobs, "unreviewed": list(the_plan.unreviewed),
+        })  # fmt: skip
+    if args.json:
+        print(json.dumps({"target": args.target, "recipes": rows}, indent=2))
+        return 0
+    table = Table(title=f"build-all --dry-run for {args.target} (in order)", title_justify="left")
+    for column in ("recipe", "version", "would", "preflight", "jobs", "key / why not here"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        why = row["blocked_by"] or str(row["build_key"])[:12]
+        table.add_row(str(row["recipe"]), str(row["version"]), str(row["action"]),
+                      "yes" if row["preflight"] else "no", str(row["jobs"]), str(why))  # fmt: skip
+    console.print(table)
+    return 0
 
 
 def cmd_verify_repro(args: argparse.Namespace) -> int:

@@ -1,9 +1,11 @@
-"""SIGTERM and SIGHUP stop a build like Ctrl-C: the whole process tree of the running build
-command goes, the wheelhouse is untouched, one line says so, and the exit status is the
-signal's. Also: one line for an OSError, and suggestions for misspelled names."""
+"""What a newcomer hits first: SIGTERM and SIGHUP stop a build like Ctrl-C (the whole
+process tree of the running build command goes, the wheelhouse is untouched, one line
+says so, the exit status is the signal's); one line for an OSError; suggestions for
+misspelled names; build-all --dry-run."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -82,3 +84,22 @@ def test_misspelled_names_get_a_suggestion(
 ) -> None:
     result = cli(*argv, "--project", tiny)
     assert result.code == 2 and hint in result.err, result.err
+
+
+def test_build_all_dry_run_plans_everything_and_runs_nothing(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    from conftest import copy_project
+
+    project = copy_project(tmp_path / "project")
+    result = cli("build-all", "--dry-run", "--json", "--target", "hopper", "--project", project,
+                 "--workspace", tmp_path / "ws")  # fmt: skip
+    assert result.code == 0, result.err
+    rows = {row["recipe"]: row for row in json.loads(result.out)["recipes"]}
+    assert rows["sm121-probe"]["action"] == "build" and rows["sm121-probe"]["preflight"]
+    assert rows["triton"]["action"] == "cannot plan"  # 3.5.0 is not locked here
+    assert "no lock entry for triton 3.5.0" in rows["triton"]["blocked_by"]
+    assert rows["vllm"]["needs"] == {"torch": False}
+    assert not (project / "wheelhouse").exists() or not list(
+        (project / "wheelhouse").rglob("*.whl")
+    )
