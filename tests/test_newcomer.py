@@ -103,3 +103,28 @@ def test_build_all_dry_run_plans_everything_and_runs_nothing(
     assert not (project / "wheelhouse").exists() or not list(
         (project / "wheelhouse").rglob("*.whl")
     )
+
+
+def test_list_and_clean(cli: CliRunner, tiny: Path, tmp_path: Path) -> None:
+    """`list` shows what the wheelhouse holds; `clean` removes kept build trees (a dry run
+    first), never the wheelhouse."""
+    workspace = tmp_path / "ws"
+    common = ["--project", tiny, "--workspace", workspace]
+    built = cli("build", "tiny", "--target", "hopper", "--keep-build-dir", *common)
+    assert built.code == 0, built.err
+    listing = cli("list", "--json", *common)
+    (row,) = json.loads(listing.out)["wheels"]
+    assert (row["project"], row["version"], row["target"]) == ("sf-tiny", "1.0.0", "hopper")
+    assert len(row["build_key"]) == 64 and row["audit"] == {"sm_90": "no-cuda-code"}
+    assert "sf-tiny" in cli("list", *common).out
+    kept = list((workspace / "builds").iterdir())
+    assert kept
+    dry = cli("clean", "--dry-run", *common)
+    assert dry.code == 0 and f"would remove {kept[0]}" in dry.out
+    assert kept[0].exists()
+    done = cli("clean", *common)
+    assert done.code == 0 and "freed" in done.out
+    assert not kept[0].exists()
+    assert len(list((tiny / "wheelhouse" / "files").glob("*.whl"))) == 1
+    bad = cli("clean", "--older-than", "-1", *common)
+    assert bad.code == 2 and "is not a number of days" in bad.err

@@ -97,6 +97,17 @@ def _seconds(text: str) -> float:
     return seconds
 
 
+def _days(text: str) -> float:
+    """``--older-than``: a number of days, 0 or more."""
+    try:
+        days = float(text)
+    except ValueError:
+        days = math.nan
+    if not 0 <= days < math.inf:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of days (0 or more)")
+    return days
+
+
 def _build_arguments(parser: argparse.ArgumentParser) -> None:
     """What decides one recipe's build: shared by build and verify-repro."""
     parser.add_argument("recipe")
@@ -366,6 +377,25 @@ def build_parser() -> argparse.ArgumentParser:
                                "listed one, on demand (unreviewed; writes lock.toml)")  # fmt: skip
     _common(outdated)
     outdated.set_defaults(func=_lazy("cmd_outdated"))
+
+    listing = sub.add_parser(
+        "list", help="what the wheelhouse holds: project, version, target, audit, build key"
+    )
+    listing.add_argument("projects", nargs="*", help="only these projects (default: all)")
+    listing.add_argument("--json", action="store_true")
+    _common(listing)
+    listing.set_defaults(func=_lazy("cmd_list"))
+
+    clean = sub.add_parser(
+        "clean", help="remove old build trees, build venvs or cached verdicts from the workspace"
+    )
+    clean.add_argument("--what", action="append", choices=["scratch", "envs", "verdicts"],
+                       help="what to remove (repeatable; default: scratch)")  # fmt: skip
+    clean.add_argument("--older-than", type=_days, default=0.0, metavar="DAYS",
+                       help="only what was last changed this many days ago or more (default: 0)")  # fmt: skip
+    clean.add_argument("--dry-run", action="store_true", help="list what would go; remove nothing")
+    _common(clean)
+    clean.set_defaults(func=_lazy("cmd_clean"))
 
     graph = sub.add_parser(
         "graph", help="recipes in build order: levels whose recipes can build in parallel"

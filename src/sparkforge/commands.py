@@ -486,6 +486,80 @@ def _build_all_plan(
     return 0
 
 
+def cmd_list(args: argparse.Namespace) -> int:
+    """What the wheelhouse holds: per project, version, target, build key, verdicts."""
+    from .index import describe
+
+    house = Wheelhouse(_wheelhouse(args))
+    rows = [describe(wheel) for wheel in house.wheels()]
+    if args.projects:
+        wanted = {canonicalize_name(p) for p in args.projects}
+        rows = [r for r in rows if canonicalize_name(str(r["project"])) in wanted]
+    if args.json:
+        print(json.dumps({"wheelhouse": str(house.root), "wheels": rows}, indent=2))
+        return 0
+    if not rows:
+        console.print(f"{house.root}: no wheels" + (" of those projects" if args.projects else ""))
+        return 0
+    table = Table(title=f"{house.root}", title_justify="left")
+    for column in ("project", "version", "target", "audit", "size", "built", "build key"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        audit = ", ".join(f"{arch}: {verdict}" for arch, verdict in dict(row["audit"]).items())
+        table.add_row(str(row["project"]), str(row["version"]), str(row["target"]) or "-",
+                      audit or "-", f"{int(row['size']) / 1e6:.1f} MB", str(row["built"]),
+                      str(row["build_key"])[:12] or "-")  # fmt: skip
+    console.print(table)
+    return 0
+
+
+_CLEANABLE = {
+    "scratch": "build trees kept after a failure or --keep-build-dir (workspace builds/, tmp/)",
+    "envs": "build venvs (workspace envs/; made again from the lock when needed)",
+    "verdicts": "cached verdicts of upstream wheels (workspace verdicts/)",
+}
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    """Remove what the workspace keeps, by kind and age; --dry-run lists it and removes
+    nothing. The wheelhouse, lock, downloads, git mirrors and ccache are never touched."""
+    workspace = Workspace.locate(args.workspace)
+    kinds = args.what or ["scratch"]
+    unknown = [k for k in kinds if k not in _CLEANABLE]
+    if unknown:
+        raise ConfigError(f"--what: no kind '{unknown[0]}'; kinds: {', '.join(_CLEANABLE)}")
+    folders = {"scratch": [workspace.builds, workspace.root / "tmp"], "envs": [workspace.envs],
+               "verdicts": [workspace.root / "verdicts"]}  # fmt: skip
+    cutoff = time.time() - args.older_than * 86400
+    found: list[tuple[Path, int]] = []
+    for kind in kinds:
+        for folder in folders[kind]:
+            for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
+                if entry.lstat().st_mtime <= cutoff:
+                    found.append((entry, _size_of(entry)))
+    total = sum(size for _, size in found)
+    verb = "would remove" if args.dry_run else "removing"
+    for path, size in found:
+        console.print(f"{verb} {path} ({size / 1e6:.1f} MB)", markup=False)
+    if not args.dry_run and found:
+        with workspace.exclusive(wait=False, note=console.print):  # never under a running build
+            for path, _ in found:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
+    console.print(f"{'would free' if args.dry_run else 'freed'} {total / 1e9:.2f} GB in "
+                  f"{len(found)} item(s) of {', '.join(kinds)} older than {args.older_than:g} "
+                  f"day(s) under {workspace.root}")  # fmt: skip
+    return 0
+
+
+def _size_of(path: Path) -> int:
+    if path.is_symlink() or not path.is_dir():
+        return path.lstat().st_size
+    return sum(p.lstat().st_size for p in path.rglob("*") if not p.is_symlink() and p.is_file())
+
+
 def cmd_verify_repro(args: argparse.Namespace) -> int:
     """Build again from the lock in a fresh workspace at another path; compare."""
     project = args.project.resolve()

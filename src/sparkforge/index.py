@@ -299,6 +299,30 @@ def _provenance_of(wheel: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def describe(wheel: StoredWheel) -> dict[str, Any]:
+    """What the wheelhouse knows about one wheel, from the file and its provenance: for
+    ``sparkforge list``. Fields the provenance lacks are empty, never guessed."""
+    provenance = _provenance_of(wheel.path)
+    predicate = provenance.get("predicate", {})
+    definition = predicate.get("buildDefinition", {}) if isinstance(predicate, dict) else {}
+    external = definition.get("externalParameters", {})
+    internal = definition.get("internalParameters", {})
+    target = external.get("target", {}) if isinstance(external, dict) else {}
+    built = datetime.fromtimestamp(int(wheel.path.stat().st_mtime), tz=UTC)
+    return {
+        "project": wheel.project,
+        "version": wheel.version,
+        "file": wheel.filename,
+        "size": wheel.size,
+        "sha256": wheel.sha256,
+        "recipe": external.get("recipe", "") if isinstance(external, dict) else "",
+        "target": target.get("name", "") if isinstance(target, dict) else "",
+        "build_key": internal.get("build_key", "") if isinstance(internal, dict) else "",
+        "audit": _audit_of(wheel.path),
+        "built": built.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
 def _recorded_sha256(wheel: Path) -> str | None:
     """The sha256 recorded as the provenance subject when the wheel was published.
 
