@@ -95,6 +95,20 @@ def index(session: nox.Session) -> None:
     session.run("sparkforge", "index", *session.posargs)
 
 
+@nox.session(name="list")
+def list_wheels(session: nox.Session) -> None:
+    """What the wheelhouse holds: `nox -s list -- [PROJECT ...] [--json]`."""
+    _install(session)
+    session.run("sparkforge", "list", *session.posargs)
+
+
+@nox.session
+def clean(session: nox.Session) -> None:
+    """Old build trees, venvs, verdicts: `nox -s clean -- [--what W] [--older-than D] [--dry-run]`."""
+    _install(session)
+    session.run("sparkforge", "clean", *session.posargs)
+
+
 @nox.session
 def outdated(session: nox.Session) -> None:
     """Locked versions against upstream's newest, and whether upstream's own wheel runs on
