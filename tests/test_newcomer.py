@@ -112,6 +112,8 @@ def test_list_and_clean(cli: CliRunner, tiny: Path, tmp_path: Path) -> None:
     common = ["--project", tiny, "--workspace", workspace]
     built = cli("build", "tiny", "--target", "hopper", "--keep-build-dir", *common)
     assert built.code == 0, built.err
+    assert "next: nox -s smoke-tiny -- --target hopper" in built.out
+    assert "it installs on any Python 3, any" in built.out
     listing = cli("list", "--json", *common)
     (row,) = json.loads(listing.out)["wheels"]
     assert (row["project"], row["version"], row["target"]) == ("sf-tiny", "1.0.0", "hopper")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
 
-from packaging.utils import canonicalize_name
+from packaging.utils import canonicalize_name, parse_wheel_filename
 from rich.console import Console
 from rich.table import Table
 
@@ -147,6 +147,25 @@ def _plans(args: argparse.Namespace, project: Path, workspace: Workspace, names:
     return list(planned.values())
 
 
+def _next_steps(the_plan: BuildPlan, filename: str) -> None:
+    """What to do with the wheel: smoke it, install it, and on what it installs."""
+    _, _, _, tags = parse_wheel_filename(filename)
+    tag = sorted(tags, key=str)[0]
+    python = (f"CPython {tag.interpreter[2]}.{tag.interpreter[3:]}"
+              if tag.interpreter.startswith("cp") else "any Python 3")  # fmt: skip
+    if tag.abi == "abi3":
+        python = f"CPython {tag.interpreter[2]}.{tag.interpreter[3:]} or newer"
+    index = Wheelhouse(the_plan.wheelhouse).index_url()
+    name = the_plan.recipe.name
+    console.print(
+        f"next: nox -s smoke-{name} -- --target {the_plan.target.name} (a fresh venv, installed "
+        f"by name from the index)\n  or: pip install --index-url {index} {the_plan.recipe.spec.dist}"
+        f"\n  it installs on {python}, {tag.platform}; `pip debug --verbose` lists the tags "
+        "a machine accepts",
+        markup=False,
+    )
+
+
 def _lock_on_demand(args: argparse.Namespace, project: Path, recipe: Recipe, version: str,
                     workspace: Workspace) -> LockEntry | None:  # fmt: skip
     """A version the recipe does not list: use its lock entry if current, else lock it now
@@ -197,6 +216,7 @@ def _build(the_plan: BuildPlan, workspace: Workspace, *, force: bool, wait: bool
                     f"[green]published[/] {stored.path}\n  sha256 {stored.sha256}\n  index "
                     f"{Wheelhouse(the_plan.wheelhouse).index_url()}"
                 )
+                _next_steps(the_plan, stored.filename)
                 outcome.status, outcome.detail = "built", stored.filename
     if existing is not None:
         console.print(
