@@ -404,7 +404,9 @@ def test_cli_serves_until_interrupted(house: Wheelhouse) -> None:
         logged = process.stderr.readline()
     finally:
         process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=10)
+        # Generous: on a loaded 2-core CI machine the interpreter can take seconds to get
+        # scheduled; what is checked is that it stops cleanly, not how fast.
+        out, err = process.communicate(timeout=60)
 
     assert process.returncode == 0, err
     assert out.strip() == "stopped"
