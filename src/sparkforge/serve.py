@@ -467,20 +467,23 @@ def serve_wheelhouse(root: Path, host: str, port: int, *, quiet: bool = False) -
               "(no TLS, no authentication); prefer a reverse proxy in front of 127.0.0.1",
               file=sys.stderr)  # fmt: skip
     print(f"serving {root} at {server.url} (read-only; Ctrl-C stops)", flush=True)
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    # Ctrl-C stops it even when SIGINT came in ignored (a pytest-xdist worker, some CI
+    # shells start children so, and Python then installs no handler of its own).
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         server.server_close()
     print("stopped", flush=True)
     return 0
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM (CI, nox, systemd) stops the server the way Ctrl-C does."""
+    """SIGINT and SIGTERM (CI, nox, systemd) stop the server the way Ctrl-C does."""
     raise KeyboardInterrupt
 
 
