@@ -35,7 +35,7 @@ def _make_recipe_sessions(recipe: str) -> None:
 
     @nox.session(name=f"smoke-{recipe}")
     def smoke(session: nox.Session) -> None:
-        """Exit 77 (no CUDA device) shows as a skipped session, not a success."""
+        """Fresh venv, install by name from the wheelhouse, run smoke.py (no CUDA device: skipped)."""
         _install(session)
         command = [str(Path(session.bin) / "sparkforge"), "smoke", recipe, *session.posargs]
         session.log(" ".join(command[1:]))
@@ -118,6 +118,20 @@ def clean(session: nox.Session) -> None:
     """Old build trees, venvs, verdicts: `nox -s clean -- [--what W] [--older-than D] [--dry-run]`."""
     _install(session)
     session.run("sparkforge", "clean", *session.posargs)
+
+
+@nox.session
+def export(session: nox.Session) -> None:
+    """Hash-pinned requirements for the wheelhouse: `nox -s export -- [-o F] [PROJECT ...]`."""
+    _install(session)
+    session.run("sparkforge", "export", *session.posargs)
+
+
+@nox.session
+def graph(session: nox.Session) -> None:
+    """The recipes in build order: `nox -s graph -- [RECIPE ...] [--json]`."""
+    _install(session)
+    session.run("sparkforge", "graph", *session.posargs)
 
 
 @nox.session
