@@ -50,26 +50,44 @@ for _recipe in RECIPES:
     _make_recipe_sessions(_recipe)
 
 
-@nox.session(name="build-all")
-def build_all(session: nox.Session) -> None:
-    """Every recipe in dependency order, then a table of results."""
-    _install(session)
-    session.run("sparkforge", "build-all", *session.posargs)
+# Thin sessions: `nox -s NAME -- ARGS` runs `sparkforge NAME ARGS` (the docstring is what
+# `nox -l` shows).
+CLI_SESSIONS = {
+    "build-all": "Every recipe in dependency order, then a table of results.",
+    "verify-repro": "Rebuild a recipe from the lock in a fresh workspace and compare:"
+    " `nox -s verify-repro -- RECIPE [build options]`.",
+    "lock": "(Re)resolve lock.toml: `nox -s lock -- [RECIPE ...] [--upgrade RECIPE]`.",
+    "bundle": "One plan's verified inputs in one file: `nox -s bundle -- RECIPE [build options] -o FILE`;"
+    " build from it with no network: `nox -s build-RECIPE -- --from-bundle FILE`.",
+    "check-install": "Do the wheelhouse's wheels install on the target? `nox -s check-install -- [--target T]`.",
+    "index": "Regenerate the wheelhouse index and list what it holds.",
+    "list": "What the wheelhouse holds: `nox -s list -- [PROJECT ...] [--json]`.",
+    "clean": "Old build trees, venvs, verdicts: `nox -s clean -- [--what W] [--older-than D] [--dry-run]`.",
+    "export": "Hash-pinned requirements for the wheelhouse: `nox -s export -- [-o F] [PROJECT ...]`.",
+    "graph": "The recipes in build order: `nox -s graph -- [RECIPE ...] [--json]`.",
+    "outdated": "Locked versions against upstream's newest, and whether upstream's own wheel"
+    " runs on the target: `nox -s outdated -- [RECIPE ...] [--target T] [--json] [--lock-moved]`.",
+    "inspect": "The CUDA code in a wheel or file and the verdict: `nox -s inspect -- PATH [--target T]`.",
+    "doctor": "Check this host before a build: `nox -s doctor -- [--target T] [RECIPE ...] [--json]`.",
+    "serve-index": "Serve wheelhouse/ for pip and uv, read-only, 127.0.0.1:8000 by default:"
+    " `nox -s serve-index -- [--host H] [--port P]` (docs/index-hosting.md).",
+}
 
 
-@nox.session(name="verify-repro")
-def verify_repro(session: nox.Session) -> None:
-    """Rebuild a recipe from the lock in a fresh workspace and compare:
-    `nox -s verify-repro -- RECIPE [build options]`."""
-    _install(session)
-    session.run("sparkforge", "verify-repro", *session.posargs)
+CLI_COMMANDS = {"serve-index": "serve"}  # where the session is not named like the command
 
 
-@nox.session
-def lock(session: nox.Session) -> None:
-    """(Re)resolve lock.toml: `nox -s lock -- [RECIPE ...] [--upgrade RECIPE]`."""
-    _install(session)
-    session.run("sparkforge", "lock", *session.posargs)
+def _make_cli_session(name: str, doc: str) -> None:
+    def run(session: nox.Session) -> None:
+        _install(session)
+        session.run("sparkforge", CLI_COMMANDS.get(name, name), *session.posargs)
+
+    run.__doc__ = doc
+    nox.session(name=name)(run)
+
+
+for _name, _doc in CLI_SESSIONS.items():
+    _make_cli_session(_name, _doc)
 
 
 @nox.session(name="check-patches")
@@ -80,80 +98,6 @@ def check_patches(session: nox.Session) -> None:
     _install(session)
     session.install("cmake>=3.26")
     session.run("sparkforge", "check-patches", *session.posargs)
-
-
-@nox.session
-def bundle(session: nox.Session) -> None:
-    """One plan's verified inputs in one file: `nox -s bundle -- RECIPE [build options] -o FILE`.
-
-    Build from it with no network: `nox -s build-RECIPE -- --from-bundle FILE` (docs/pipeline.md).
-    """
-    _install(session)
-    session.run("sparkforge", "bundle", *session.posargs)
-
-
-@nox.session(name="check-install")
-def check_install(session: nox.Session) -> None:
-    """Do the wheelhouse's wheels install on the target? `nox -s check-install -- [--target T]`."""
-    _install(session)
-    session.run("sparkforge", "check-install", *session.posargs)
-
-
-@nox.session
-def index(session: nox.Session) -> None:
-    """Regenerate the wheelhouse index and list what it holds."""
-    _install(session)
-    session.run("sparkforge", "index", *session.posargs)
-
-
-@nox.session(name="list")
-def list_wheels(session: nox.Session) -> None:
-    """What the wheelhouse holds: `nox -s list -- [PROJECT ...] [--json]`."""
-    _install(session)
-    session.run("sparkforge", "list", *session.posargs)
-
-
-@nox.session
-def clean(session: nox.Session) -> None:
-    """Old build trees, venvs, verdicts: `nox -s clean -- [--what W] [--older-than D] [--dry-run]`."""
-    _install(session)
-    session.run("sparkforge", "clean", *session.posargs)
-
-
-@nox.session
-def export(session: nox.Session) -> None:
-    """Hash-pinned requirements for the wheelhouse: `nox -s export -- [-o F] [PROJECT ...]`."""
-    _install(session)
-    session.run("sparkforge", "export", *session.posargs)
-
-
-@nox.session
-def graph(session: nox.Session) -> None:
-    """The recipes in build order: `nox -s graph -- [RECIPE ...] [--json]`."""
-    _install(session)
-    session.run("sparkforge", "graph", *session.posargs)
-
-
-@nox.session
-def outdated(session: nox.Session) -> None:
-    """Locked versions against upstream's newest, and whether upstream's own wheel runs on
-    the target: `nox -s outdated -- [RECIPE ...] [--target T] [--json] [--lock-moved]`."""
-    _install(session)
-    session.run("sparkforge", "outdated", *session.posargs)
-
-
-@nox.session
-def inspect(session: nox.Session) -> None:
-    """The CUDA code in a wheel or file and the verdict: `nox -s inspect -- PATH [--target T]`."""
-    _install(session)
-    session.run("sparkforge", "inspect", *session.posargs)
-
-
-@nox.session
-def doctor(session: nox.Session) -> None:
-    """Check this host before a build: `nox -s doctor -- [--target T] [RECIPE ...] [--json]`."""
-    _install(session)
-    session.run("sparkforge", "doctor", *session.posargs)
 
 
 @nox.session(name="e2e-aarch64")
@@ -191,16 +135,6 @@ def publish(session: nox.Session) -> None:
     """
     _install(session, "[publish]")
     session.run("sparkforge", "publish", *session.posargs)
-
-
-@nox.session(name="serve-index")
-def serve_index(session: nox.Session) -> None:
-    """Serve wheelhouse/ for pip and uv: `nox -s serve-index -- [--host H] [--port P]`.
-
-    Read-only, 127.0.0.1:8000 by default; Ctrl-C stops it (docs/index-hosting.md).
-    """
-    _install(session)
-    session.run("sparkforge", "serve", *session.posargs)
 
 
 @nox.session

@@ -46,6 +46,16 @@ def measure(argv: list[str]) -> tuple[float, float]:
     return float(seconds), int(kib) / 1024
 
 
+def check_pinned(wheel: Path, sha256: str) -> None:
+    """Stop unless ``wheel`` is the pinned file."""
+    digest = hashlib.sha256()
+    with wheel.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != sha256:
+        sys.exit(f"{wheel}: sha256 {digest.hexdigest()} is not the pinned {sha256}")
+
+
 def prepare() -> tuple[Path, Path, Path]:
     CACHE.mkdir(exist_ok=True)
     wheel = CACHE / WHEEL
@@ -53,12 +63,7 @@ def prepare() -> tuple[Path, Path, Path]:
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
                         "--python-version=3.12", "--platform=manylinux_2_28_x86_64", f"--dest={CACHE}",
                         "torch==2.14.1"], check=True)  # fmt: skip
-    digest = hashlib.sha256()
-    with wheel.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != WHEEL_SHA256:
-        sys.exit(f"{wheel}: sha256 {digest.hexdigest()} is not the pinned {WHEEL_SHA256}")
+    check_pinned(wheel, WHEEL_SHA256)
     library = CACHE / "libtorch_cuda.so"
     if not library.exists():
         with zipfile.ZipFile(wheel) as archive, library.open("wb") as out:
@@ -83,12 +88,7 @@ def cubin_wheel() -> Path:
     if not wheel.exists():
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", f"--dest={CACHE}",
                         "flashinfer-cubin==0.6.13"], check=True)  # fmt: skip
-    digest = hashlib.sha256()
-    with wheel.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != CUBINS_SHA256:
-        sys.exit(f"{wheel}: sha256 {digest.hexdigest()} is not the pinned {CUBINS_SHA256}")
+    check_pinned(wheel, CUBINS_SHA256)
     return wheel
 
 

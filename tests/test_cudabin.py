@@ -127,6 +127,12 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         for name, (flags, _) in LIBRARIES.items()
     }
     commands["host"] = ["cc", "-shared", "-fPIC", "-o", str(out / "host.so"), str(host)]
+    run_all(commands)
+    return {name: out / f"{name}.so" for name in commands}
+
+
+def run_all(commands: dict[str, list[str]]) -> None:
+    """Run the compile commands in parallel; each must succeed."""
     running = {
         name: subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for name, argv in commands.items()
@@ -134,7 +140,6 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for name, process in running.items():
         output, _ = process.communicate()
         assert process.returncode == 0, f"{name}: {output}"
-    return {name: out / f"{name}.so" for name in commands}
 
 
 def scan_path(path: Path) -> dict[CudaCode, int]:
@@ -318,14 +323,8 @@ def device_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("device")
     source = out / "kernel.cu"
     source.write_text(KERNEL)
-    running = {
-        name: subprocess.Popen([nvcc, *flags, "-o", str(out / name), str(source)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for name, (flags, _) in DEVICE_FILES.items()
-    }  # fmt: skip
-    for name, process in running.items():
-        output, _ = process.communicate()
-        assert process.returncode == 0, f"{name}: {output}"
+    run_all({name: [nvcc, *flags, "-o", str(out / name), str(source)]
+             for name, (flags, _) in DEVICE_FILES.items()})  # fmt: skip
     return {name: out / name for name in DEVICE_FILES}
 
 

@@ -86,26 +86,25 @@ def _python_version(text: str) -> str:
     return text
 
 
+def _number(text: str, *, what: str, zero: bool) -> float:
+    """A finite number for an option: positive, or also 0 when ``zero``."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value >= 0 if zero else value > 0) or not value < math.inf:
+        raise argparse.ArgumentTypeError(f"'{text}' is not {what}")
+    return value
+
+
 def _seconds(text: str) -> float:
     """``--time-limit``: a positive, finite number of seconds."""
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = math.nan
-    if not 0 < seconds < math.inf:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a positive number of seconds")
-    return seconds
+    return _number(text, what="a positive number of seconds", zero=False)
 
 
 def _days(text: str) -> float:
     """``--older-than``: a number of days, 0 or more."""
-    try:
-        days = float(text)
-    except ValueError:
-        days = math.nan
-    if not 0 <= days < math.inf:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number of days (0 or more)")
-    return days
+    return _number(text, what="a number of days (0 or more)", zero=True)
 
 
 def _build_arguments(parser: argparse.ArgumentParser) -> None:

@@ -293,10 +293,10 @@ def _fatbins_of(data: Buffer, elf: _Elf) -> list[Counter[CudaCode]]:
 
 def scan_fatbins(fileobj: BinaryIO) -> list[Counter[CudaCode]]:
     """Return the code of every fatbin container in an ELF file, or [] if not ELF."""
-    with _mapped(fileobj) as data:
-        if data[0:4] != ELF_MAGIC:
-            return []
-        return _fatbins_of(data, read_elf(data))
+    data = _view(fileobj)
+    if data[0:4] != ELF_MAGIC:
+        return []
+    return _fatbins_of(data, read_elf(data))
 
 
 def scan_elf(fileobj: BinaryIO) -> dict[CudaCode, int]:
@@ -335,22 +335,15 @@ class _FileSlices:
         return self._size
 
 
-class _mapped:
-    """A read-only view of a whole file: pread slices when it has a descriptor, else bytes."""
-
-    def __init__(self, fileobj: BinaryIO) -> None:
-        self._fileobj = fileobj
-
-    def __enter__(self) -> Buffer:
-        self._fileobj.seek(0)
-        try:
-            self._fileobj.fileno()
-        except (OSError, AttributeError):
-            return self._fileobj.read()
-        return _FileSlices(self._fileobj)
-
-    def __exit__(self, *_: object) -> None:
-        pass  # nothing to release: the caller owns the file
+def _view(fileobj: BinaryIO) -> Buffer:
+    """A read-only view of a whole file: pread slices when it has a descriptor, else its
+    bytes (the caller keeps the file open while the view is used)."""
+    try:
+        fileobj.fileno()
+    except (OSError, AttributeError):
+        fileobj.seek(0)
+        return fileobj.read()
+    return _FileSlices(fileobj)
 
 
 def _merge(containers: Sequence[Counter[CudaCode]]) -> Counter[CudaCode]:
@@ -376,8 +369,7 @@ def scan_wheel(path: Path) -> list[LibraryReport]:
         with path.open("rb") as file:
             head = file.read(_HEAD)
             if head[:4] == ELF_MAGIC or head[:4] == _CONTAINER_MAGIC_BYTES or _is_ptx(path.name):
-                with _mapped(file) as data:
-                    report = _report(path.name, head, data, str(path))
+                report = _report(path.name, head, _view(file), str(path))
                 return [report] if report is not None else []
         if not zipfile.is_zipfile(path):
             raise WheelError(f"{path}: neither a wheel (zip) nor an ELF, fatbin or PTX file")
@@ -457,8 +449,7 @@ def _scan_member(
                 pending = inflate.unconsumed_tail
         spool.write(inflate.flush())
         spool.flush()
-        with _mapped(spool) as mapped:
-            return _report(info.filename, head, mapped, where)
+        return _report(info.filename, head, _view(spool), where)
 
 
 def _may_hold_code(head: bytes, name: str) -> bool:

@@ -102,7 +102,7 @@ class Wheelhouse:
         next build with any of those keys be a no-op.
         """
         (self.root / _KEYS).mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.root / _KEYS / build_key, filename.encode())
+        write_atomic(self.root / _KEYS / build_key, filename.encode())
 
     def built(self, build_key: str) -> Path | None:
         """The stored wheel a build key produced, if it is still there."""
@@ -186,7 +186,7 @@ class Wheelhouse:
         # Restore sidecars deleted by hand, so the index can list the wheel again.
         for sidecar, data in _sidecars(target, metadata, provenance).items():
             if not sidecar.exists():
-                _write_atomic(sidecar, data)
+                write_atomic(sidecar, data)
 
     def _store(self, wheel: Path, target: Path, metadata: bytes, provenance: bytes) -> str:
         """Copy the wheel in, sidecars first: the wheel's appearance commits the publish.
@@ -194,7 +194,7 @@ class Wheelhouse:
         Returns the sha256 of the bytes actually stored (hashed while copying).
         """
         for sidecar, data in _sidecars(target, metadata, provenance).items():
-            _write_atomic(sidecar, data)
+            write_atomic(sidecar, data)
         digest = hashlib.sha256()
         with _temp_beside(target) as temp:
             with wheel.open("rb") as reader, temp.open("wb") as writer:
@@ -377,7 +377,9 @@ def _temp_beside(target: Path) -> Iterator[Path]:
         temp.unlink(missing_ok=True)
 
 
-def _write_atomic(target: Path, data: bytes) -> None:
+def write_atomic(target: Path, data: bytes) -> None:
+    """Write ``data`` to ``target`` whole or not at all (a temporary file beside it, fsync,
+    rename)."""
     with _temp_beside(target) as temp:
         with temp.open("wb") as writer:
             writer.write(data)

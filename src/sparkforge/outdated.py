@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
-import os
 import tempfile
 import urllib.error
 import urllib.request
@@ -29,6 +28,7 @@ from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
 from .errors import SparkforgeError
+from .index import write_atomic
 from .inspect import judge
 from .recipes import Recipe
 from .targets import Target, ordered_target_tags
@@ -184,10 +184,7 @@ class VerdictCache:
         path = self._path(sha256, target, cuda_required)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".verdict-")
-            with os.fdopen(fd, "w") as handle:
-                json.dump(verdict, handle, indent=2, sort_keys=True)
-            os.replace(tmp, path)
+            write_atomic(path, json.dumps(verdict, indent=2, sort_keys=True).encode())
         except OSError as exc:
             raise IndexError_(
                 f"cannot write the verdict cache {path.parent}: {exc.strerror}; check the "
