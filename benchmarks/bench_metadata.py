@@ -41,8 +41,8 @@ from typing import Any, BinaryIO
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
-from sparkforge.index import Wheelhouse  # noqa: E402
-from sparkforge.serve import RequestRecord, running  # noqa: E402
+from sparkforge.team.serve import RequestRecord, running  # noqa: E402
+from sparkforge.wheelhouse.store import Wheelhouse  # noqa: E402
 from test_serve import make_large_wheel, uv_binary, uv_dry_run  # noqa: E402
 from test_wheels import fresh_venv, pip_install  # noqa: E402
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from sparkforge.cli import main
-from sparkforge.cudabin import CudaCode
+from sparkforge.wheel.cudabin import CudaCode
 
 REPO = Path(__file__).resolve().parent.parent
 

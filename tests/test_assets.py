@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 
 from conftest import CliRunner, one_error_line
-from sparkforge.errors import LockError, SourceError
-from sparkforge.lock import LockedAsset
-from sparkforge.manifests import onnxruntime_deps, triton_llvm
-from sparkforge.sources import stage_assets
-from sparkforge.workspace import Workspace
+from sparkforge.lock.lockfile import LockedAsset
+from sparkforge.lock.manifests import onnxruntime_deps, triton_llvm
+from sparkforge.sources.materialize import stage_assets
+from sparkforge.util.errors import LockError, SourceError
+from sparkforge.util.workspace import Workspace
 
 # ------------------------------------------------------------------ manifests
 
@@ -302,8 +302,8 @@ def test_smoke_installs_declared_dependencies_and_needs(
     assert cli("lock", "tiny", "--project", tiny, "--workspace", workspace).code == 0
     common = ["--target", "hopper", "--project", tiny, "--workspace", workspace]
     assert cli("build", "tiny", *common).code == 0
-    from sparkforge.index import Wheelhouse
-    from sparkforge.smoke import declared_dependencies
+    from sparkforge.verify.smoke import declared_dependencies
+    from sparkforge.wheelhouse.store import Wheelhouse
 
     house = Wheelhouse(tiny / "wheelhouse")
     assert declared_dependencies(house, ["sf-tiny"]) == ["six==1.17.0"]

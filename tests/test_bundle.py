@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from conftest import CliRunner, copy_project, git, git_repo, one_error_line
-from sparkforge.bundle import BundleError, _index, _pack, git_snapshots, unpack
-from sparkforge.sources import _checkout
-from sparkforge.workspace import Workspace
+from sparkforge.sources.materialize import _checkout
+from sparkforge.team.bundle import BundleError, _index, _pack, git_snapshots, unpack
+from sparkforge.util.workspace import Workspace
 
 PROBE = ["sm121-probe", "--target", "hopper", "--cuda-arch", "121"]
 

@@ -20,8 +20,8 @@ import yaml
 
 from conftest import REPO, CliRunner, locked
 from sparkforge.cli import build_parser
-from sparkforge.errors import ConfigError
-from sparkforge.graph import recipe_levels
+from sparkforge.config.graph import recipe_levels
+from sparkforge.util.errors import ConfigError
 
 GITHUB = REPO / "ci" / "github" / "workflows"
 GITLAB = REPO / "ci" / "gitlab"

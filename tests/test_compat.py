@@ -6,9 +6,9 @@ from collections import Counter
 
 import pytest
 
-from sparkforge.archs import parse_arch
-from sparkforge.compat import Status, audit, verdict
-from sparkforge.cudabin import CudaCode, Kind, LibraryReport, Variant
+from sparkforge.config.archs import parse_arch
+from sparkforge.wheel.compat import Status, audit, verdict
+from sparkforge.wheel.cudabin import CudaCode, Kind, LibraryReport, Variant
 
 KINDS: dict[str, Kind] = {"sm": "sass", "compute": "ptx"}
 VARIANTS: dict[str, Variant] = {"": "", "a": "a", "f": "f"}

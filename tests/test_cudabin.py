@@ -17,8 +17,9 @@ import pytest
 from elftools.elf.elffile import ELFFile
 
 from conftest import as_cuobjdump, cuobjdump_listing, locked
-from sparkforge.compat import Status, audit
-from sparkforge.cudabin import (
+from sparkforge.util.errors import WheelError
+from sparkforge.wheel.compat import Status, audit
+from sparkforge.wheel.cudabin import (
     FATBIN_SECTION,
     MACHINES,
     CudaCode,
@@ -27,7 +28,6 @@ from sparkforge.cudabin import (
     scan_elf,
     scan_wheel,
 )
-from sparkforge.errors import WheelError
 
 KERNEL = "__global__ void scale(float *x, float v) { x[threadIdx.x] *= v; }\n"
 

@@ -21,10 +21,10 @@ import pytest
 from rich.console import Console
 
 from conftest import CliRunner, copy_project
-from sparkforge import doctor
-from sparkforge.doctor import Check, Context, Host, diagnose, doctor_command
-from sparkforge.recipes import load_recipe
-from sparkforge.targets import load_target
+from sparkforge.config.recipes import load_recipe
+from sparkforge.config.targets import load_target
+from sparkforge.verify import doctor
+from sparkforge.verify.doctor import Check, Context, Host, diagnose, doctor_command
 
 NAMES = [
     "nvcc on PATH",

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, CliRunner
-from sparkforge.index import Wheelhouse
-from sparkforge.serve import WheelhouseServer, running
-from sparkforge.wheels import normalize
+from sparkforge.team.serve import WheelhouseServer, running
+from sparkforge.wheel.repair import normalize
+from sparkforge.wheelhouse.store import Wheelhouse
 from test_index import INSTALLED, PROVENANCE, build
 from test_serve import uv_binary
 from test_wheels import EPOCH, fresh_venv, make_wheel, pip_install, run_python

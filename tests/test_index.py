@@ -20,9 +20,9 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 import pytest
 
-from sparkforge.errors import WheelhouseError
-from sparkforge.index import StoredWheel, Wheelhouse
-from sparkforge.wheels import normalize
+from sparkforge.util.errors import WheelhouseError
+from sparkforge.wheel.repair import normalize
+from sparkforge.wheelhouse.store import StoredWheel, Wheelhouse
 from test_wheels import EPOCH, fresh_venv, make_wheel, pip_install, run_python
 
 PROVENANCE = b'{"_type": "https://in-toto.io/Statement/v1"}'

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import REPO, as_cuobjdump, cuobjdump_listing, locked
 from sparkforge.cli import main
-from sparkforge.cudabin import scan_wheel
+from sparkforge.wheel.cudabin import scan_wheel
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 

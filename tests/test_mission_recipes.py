@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from conftest import CliRunner, one_error_line
-from sparkforge.recipes import available_recipes, load_recipe
+from sparkforge.config.recipes import available_recipes, load_recipe
 
 PROJECT = Path(__file__).resolve().parents[1]
 MISSION = ["torch", "triton", "onnxruntime", "vllm"]

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from sparkforge.archs import CudaArch, cmake_architectures, parse_arch, torch_arch_list
-from sparkforge.errors import ConfigError
-from sparkforge.recipes import load_recipe
-from sparkforge.targets import load_target
+from sparkforge.config.archs import CudaArch, cmake_architectures, parse_arch, torch_arch_list
+from sparkforge.config.recipes import load_recipe
+from sparkforge.config.targets import load_target
+from sparkforge.util.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 

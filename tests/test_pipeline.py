@@ -268,8 +268,8 @@ def test_checkout_takes_submodules_from_the_workspace_mirrors_and_skips_excluded
     """Each submodule comes from its own mirror at the recorded commit (a bundle's mirrors
     serve an offline machine); excluded paths are not checked out, and a submodule under
     one is never fetched."""
-    from sparkforge.sources import _checkout
-    from sparkforge.workspace import Workspace
+    from sparkforge.sources.materialize import _checkout
+    from sparkforge.util.workspace import Workspace
 
     monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
     monkeypatch.setenv("GIT_CONFIG_KEY_0", "protocol.file.allow")
@@ -296,9 +296,9 @@ def test_checkout_takes_submodules_from_the_workspace_mirrors_and_skips_excluded
 def test_submodule_commit_missing_from_its_mirror_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sparkforge.errors import SourceError
-    from sparkforge.sources import _checkout
-    from sparkforge.workspace import Workspace
+    from sparkforge.sources.materialize import _checkout
+    from sparkforge.util.errors import SourceError
+    from sparkforge.util.workspace import Workspace
 
     monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
     monkeypatch.setenv("GIT_CONFIG_KEY_0", "protocol.file.allow")

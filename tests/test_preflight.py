@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import CliResult, CliRunner, copy_project, snapshot
-from sparkforge.preflight import cuda_codes
+from sparkforge.verify.preflight import cuda_codes
 
 pytestmark = pytest.mark.slow
 

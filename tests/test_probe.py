@@ -17,9 +17,9 @@ from urllib.parse import unquote, urljoin, urlparse
 import pytest
 
 from conftest import as_cuobjdump, copy_project, cuobjdump_listing
+from sparkforge.build.runners import find_python
 from sparkforge.cli import main
-from sparkforge.cudabin import scan_wheel
-from sparkforge.runners import find_python
+from sparkforge.wheel.cudabin import scan_wheel
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 

@@ -24,9 +24,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 import pytest
 
 from conftest import CliRunner, hrefs, locked, snapshot
-from sparkforge.errors import ConfigError, PublishError
-from sparkforge.index import StoredWheel, Wheelhouse
-from sparkforge.publish import (
+from sparkforge.team.publish import (
     DirectoryDestination,
     RsyncDestination,
     UploadDestination,
@@ -34,7 +32,9 @@ from sparkforge.publish import (
     destination_for,
     publish,
 )
-from sparkforge.workspace import Workspace
+from sparkforge.util.errors import ConfigError, PublishError
+from sparkforge.util.workspace import Workspace
+from sparkforge.wheelhouse.store import StoredWheel, Wheelhouse
 from test_wheels import fresh_venv, make_wheel, pip_install, run_python
 
 PYPISERVER = ["pypiserver==2.4.2", "passlib==1.7.4"]

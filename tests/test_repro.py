@@ -6,7 +6,7 @@ import subprocess
 import zipfile
 from pathlib import Path
 
-from sparkforge.repro import compare_wheels
+from sparkforge.verify.repro import compare_wheels
 
 
 def _so(tmp_path: Path, text: str) -> bytes:

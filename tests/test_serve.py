@@ -26,10 +26,10 @@ from urllib.request import Request, urlopen
 import pytest
 
 from conftest import copy_project
+from sparkforge.build.runners import find_python
 from sparkforge.cli import main
-from sparkforge.index import Wheelhouse
-from sparkforge.runners import find_python
-from sparkforge.serve import HTML_V1, JSON, RequestRecord, WheelhouseServer, negotiate, running
+from sparkforge.team.serve import HTML_V1, JSON, RequestRecord, WheelhouseServer, negotiate, running
+from sparkforge.wheelhouse.store import Wheelhouse
 from test_index import INSTALLED, PROVENANCE, build
 from test_wheels import fresh_venv, pip_install, run_python
 

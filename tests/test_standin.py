@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from sparkforge.cudabin import scan_elf
+from sparkforge.wheel.cudabin import scan_elf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 

@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, CliRunner, copy_project, one_error_line
-from sparkforge.build import _check_tags
-from sparkforge.builderlibs import container_libraries, dockerfile_args, host_libraries
-from sparkforge.consistency import BuilderLibraries, Need, check
-from sparkforge.errors import ConfigError, WheelError
-from sparkforge.lock import LockedRequirement, read_lock
-from sparkforge.recipes import load_recipe
-from sparkforge.targets import load_target, target_tags
-from sparkforge.upstream import LEGACY_BACKEND, read_declarations
-from sparkforge.wheels import normalize, prepend_rpath, read_metadata
+from sparkforge.build.builderlibs import container_libraries, dockerfile_args, host_libraries
+from sparkforge.config.recipes import load_recipe
+from sparkforge.config.targets import load_target, target_tags
+from sparkforge.lock.consistency import BuilderLibraries, Need, check
+from sparkforge.lock.lockfile import LockedRequirement, read_lock
+from sparkforge.lock.upstream import LEGACY_BACKEND, read_declarations
+from sparkforge.util.errors import ConfigError, WheelError
+from sparkforge.wheel.repair import check_tags as _check_tags
+from sparkforge.wheel.repair import normalize, prepend_rpath, read_metadata
 from test_wheels import make_wheel
 
 SPARK = load_target(REPO, "dgx-spark")

@@ -18,13 +18,14 @@ from pathlib import Path
 import pytest
 
 from conftest import CliRunner
-from sparkforge.build import BuildOptions, plan
-from sparkforge.lock import read_lock
-from sparkforge.patches import apply_series, load_series
-from sparkforge.recipes import load_recipe
-from sparkforge.runners import HostRunner
-from sparkforge.sources import materialize
-from sparkforge.workspace import Workspace
+from sparkforge.build.plan import BuildOptions, plan
+from sparkforge.build.runners import HostRunner
+from sparkforge.config.patches import load_series
+from sparkforge.config.recipes import load_recipe
+from sparkforge.lock.lockfile import read_lock
+from sparkforge.sources.materialize import materialize
+from sparkforge.sources.patching import apply_series
+from sparkforge.util.workspace import Workspace
 
 pytestmark = pytest.mark.network  # the sdist comes from PyPI (once per workspace)
 
@@ -129,8 +130,8 @@ def _tree(tmp_path: Path, version: str, *, patched: bool) -> Path:
     if entry is not None:
         materialize(PROJECT, recipe, entry.source, Workspace.locate(), dest)
     else:  # a version without a lock entry here: verified against PyPI's published sha256
-        from sparkforge.lock import LockedSource
-        from sparkforge.sources import pypi_sdist
+        from sparkforge.lock.lockfile import LockedSource
+        from sparkforge.util.fetch import pypi_sdist
 
         url, sha256 = pypi_sdist("vllm", version)
         materialize(PROJECT, recipe, LockedSource(kind="url", url=url, sha256=sha256),

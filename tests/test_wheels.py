@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 from packaging.utils import parse_wheel_filename
 
-from sparkforge.digest import sha256_file
-from sparkforge.errors import WheelError
-from sparkforge.wheels import normalize, read_metadata, repair
+from sparkforge.util.digest import sha256_file
+from sparkforge.util.errors import WheelError
+from sparkforge.wheel.repair import normalize, read_metadata, repair
 
 EPOCH = 1_700_000_001  # odd on purpose: zip keeps 2-second steps
 MACHINE = platform.machine()

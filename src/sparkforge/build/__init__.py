@@ -1,0 +1,1 @@
+"""Stage 4, build: the plan (what to build, its key) and the runners that run it."""

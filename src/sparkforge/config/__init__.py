@@ -1,0 +1,1 @@
+"""Stage 1, config: the project's inputs (targets, recipes, patch series, the recipe graph)."""

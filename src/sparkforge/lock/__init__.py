@@ -1,0 +1,1 @@
+"""Stage 2, lock: the lock file and the procedure that pins every input by content."""

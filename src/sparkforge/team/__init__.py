@@ -1,0 +1,1 @@
+"""Stage 8, team: publish, export, serve, bundle and the outdated report."""

@@ -1,0 +1,1 @@
+"""Stage 6, wheelhouse: the store, its PEP 503/691 index and browsable page, provenance."""
