@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from sparkforge.build.runners import find_python  # noqa: E402
+from sparkforge.building.runners import find_python  # noqa: E402
 
 ARCHS = "90-real;121-real"
 

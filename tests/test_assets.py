@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from conftest import CliRunner, one_error_line
-from sparkforge.lock.lockfile import LockedAsset
-from sparkforge.lock.manifests import onnxruntime_deps, triton_llvm
+from sparkforge.locking.lockfile import LockedAsset
+from sparkforge.locking.manifests import onnxruntime_deps, triton_llvm
 from sparkforge.sources.materialize import stage_assets
 from sparkforge.util.errors import LockError, SourceError
 from sparkforge.util.workspace import Workspace

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, CliRunner, copy_project
-from sparkforge.build import plan as build
+from sparkforge.building import plan as build
 
 SOURCE = REPO / "src" / "sparkforge"
 
@@ -19,13 +19,15 @@ def test_a_change_to_the_environment_logic_changes_the_digest(tmp_path: Path) ->
     copy = tmp_path / "sparkforge"
     shutil.copytree(SOURCE, copy, ignore=shutil.ignore_patterns("__pycache__"))
     assert build.pipeline_digest(copy) == build.pipeline_digest()
-    text = (copy / "build" / "plan.py").read_text()
+    text = (copy / "building" / "plan.py").read_text()
     assert '"TZ": "UTC",' in text
-    (copy / "build" / "plan.py").write_text(text.replace('"TZ": "UTC",', '"TZ": "UTC0",', 1))
+    (copy / "building" / "plan.py").write_text(text.replace('"TZ": "UTC",', '"TZ": "UTC0",', 1))
     assert build.pipeline_digest(copy) != build.pipeline_digest()
     # Code that does not shape the bytes (the audit, the CLI) is not in it.
-    (copy / "build" / "plan.py").write_text(text)
-    (copy / "wheel" / "compat.py").write_text((copy / "wheel" / "compat.py").read_text() + "\n# a comment\n")
+    (copy / "building" / "plan.py").write_text(text)
+    (copy / "wheel" / "compat.py").write_text(
+        (copy / "wheel" / "compat.py").read_text() + "\n# a comment\n"
+    )
     assert build.pipeline_digest(copy) == build.pipeline_digest()
     # Every module named exists: a moved module cannot drop out of the key unnoticed.
     assert all((SOURCE / name).is_file() for name in build.OUTPUT_MODULES)

@@ -17,7 +17,7 @@ from urllib.parse import unquote, urljoin, urlparse
 import pytest
 
 from conftest import as_cuobjdump, copy_project, cuobjdump_listing
-from sparkforge.build.runners import find_python
+from sparkforge.building.runners import find_python
 from sparkforge.cli import main
 from sparkforge.wheel.cudabin import scan_wheel
 

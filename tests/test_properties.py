@@ -26,12 +26,12 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import REPO, CliRunner, snapshot
-from sparkforge.build import runners
+from sparkforge.building import runners
 from sparkforge.config.archs import parse_arch
 from sparkforge.config.patches import load_series
 from sparkforge.config.recipes import load_recipe
 from sparkforge.config.targets import load_target
-from sparkforge.lock.lockfile import read_lock
+from sparkforge.locking.lockfile import read_lock
 from sparkforge.util.errors import SparkforgeError
 
 # SPARKFORGE_PROPERTY_EXAMPLES=5000 for a long local hunt; CI runs the default.

@@ -26,7 +26,7 @@ from urllib.request import Request, urlopen
 import pytest
 
 from conftest import copy_project
-from sparkforge.build.runners import find_python
+from sparkforge.building.runners import find_python
 from sparkforge.cli import main
 from sparkforge.team.serve import HTML_V1, JSON, RequestRecord, WheelhouseServer, negotiate, running
 from sparkforge.wheelhouse.store import Wheelhouse

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, CliRunner, copy_project, one_error_line
-from sparkforge.build.builderlibs import container_libraries, dockerfile_args, host_libraries
+from sparkforge.building.builderlibs import container_libraries, dockerfile_args, host_libraries
 from sparkforge.config.recipes import load_recipe
 from sparkforge.config.targets import load_target, target_tags
-from sparkforge.lock.consistency import BuilderLibraries, Need, check
-from sparkforge.lock.lockfile import LockedRequirement, read_lock
-from sparkforge.lock.upstream import LEGACY_BACKEND, read_declarations
+from sparkforge.locking.consistency import BuilderLibraries, Need, check
+from sparkforge.locking.lockfile import LockedRequirement, read_lock
+from sparkforge.locking.upstream import LEGACY_BACKEND, read_declarations
 from sparkforge.util.errors import ConfigError, WheelError
 from sparkforge.wheel.repair import check_tags as _check_tags
 from sparkforge.wheel.repair import normalize, prepend_rpath, read_metadata

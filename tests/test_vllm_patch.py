@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 
 from conftest import CliRunner
-from sparkforge.build.plan import BuildOptions, plan
-from sparkforge.build.runners import HostRunner
+from sparkforge.building.plan import BuildOptions, plan
+from sparkforge.building.runners import HostRunner
 from sparkforge.config.patches import load_series
 from sparkforge.config.recipes import load_recipe
-from sparkforge.lock.lockfile import read_lock
+from sparkforge.locking.lockfile import read_lock
 from sparkforge.sources.materialize import materialize
 from sparkforge.sources.patching import apply_series
 from sparkforge.util.workspace import Workspace
@@ -130,7 +130,7 @@ def _tree(tmp_path: Path, version: str, *, patched: bool) -> Path:
     if entry is not None:
         materialize(PROJECT, recipe, entry.source, Workspace.locate(), dest)
     else:  # a version without a lock entry here: verified against PyPI's published sha256
-        from sparkforge.lock.lockfile import LockedSource
+        from sparkforge.locking.lockfile import LockedSource
         from sparkforge.util.fetch import pypi_sdist
 
         url, sha256 = pypi_sdist("vllm", version)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from sparkforge.build.plan import BuildPlan, compile_wheel, prepare
+from sparkforge.building.plan import BuildPlan, compile_wheel, prepare
 from sparkforge.util.digest import sha256_file
 from sparkforge.util.errors import BuildError, WheelError
 from sparkforge.util.progress import BuildLog

@@ -2,6 +2,6 @@
 
 import sys
 
-from sparkforge.cli.main import main
+from sparkforge.cli.app import main
 
 sys.exit(main())

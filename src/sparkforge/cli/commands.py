@@ -13,30 +13,26 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TypedDict
+from typing import Any
 
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from rich.console import Console
 from rich.table import Table
 
-from sparkforge.build.containers import base_digest, find_engine, load_engine_settings
-from sparkforge.build.plan import BuildOptions, BuildPlan, plan
-from sparkforge.build.runners import ContainerRunner, HostRunner, Runner
-from sparkforge.config.archs import CudaArch, parse_arch
+from sparkforge.api import Outcome, Run, Settings, need_arguments
+from sparkforge.building.plan import BuildPlan, plan
+from sparkforge.building.runners import ContainerRunner, HostRunner
 from sparkforge.config.graph import recipe_levels
 from sparkforge.config.patches import load_series
-from sparkforge.config.recipes import Recipe, available_recipes, load_recipe
-from sparkforge.config.targets import Target, available_targets, load_target
-from sparkforge.lock.lockfile import LockEntry, entry_for, read_lock, write_lock
-from sparkforge.lock.resolve import lock_entry, lock_on_demand
+from sparkforge.config.recipes import available_recipes, load_recipe
+from sparkforge.config.targets import load_target
+from sparkforge.locking.lockfile import entry_for, read_lock
 from sparkforge.pipeline import execute, up_to_date
 from sparkforge.sources.materialize import materialize
 from sparkforge.sources.patching import apply_series
 from sparkforge.util.digest import sha256_file
-from sparkforge.util.errors import ConfigError, LockError, SparkforgeError
+from sparkforge.util.errors import ConfigError, SparkforgeError
 from sparkforge.util.workspace import Workspace, wheelhouse_dir
 from sparkforge.verify.repro import compare_wheels, diffoscope_report
 from sparkforge.verify.smoke import (
@@ -50,108 +46,33 @@ from sparkforge.wheelhouse.store import Wheelhouse
 console = Console(highlight=False, soft_wrap=True)
 
 
-def _build_options(args: argparse.Namespace) -> BuildOptions:
-    return BuildOptions(
-        version=args.version,
-        extra_archs=_archs(args.cuda_arch),
-        jobs=args.jobs,
-        force=getattr(args, "force", False),
-        allow_arch_gaps=args.allow_arch_gaps,
-        python=args.python,
-        manylinux=args.manylinux,
-        time_limit=args.time_limit,
-        keep_build_dir=getattr(args, "keep_build_dir", False),
-    )
+def _settings(args: argparse.Namespace) -> Settings:
+    """The run's settings, read once from the command line."""
+
+    def get(name: str, default: Any = None) -> Any:
+        return getattr(args, name, default)
+
+    target = get("target")  # lock's --target is a list (with --builder), passed on its own
+    return Settings(
+        project=args.project, target=target if isinstance(target, str) else "dgx-spark",
+        workspace=get("workspace"),
+        wheelhouse=get("wheelhouse"), runner=get("runner") or "host",
+        cuda_archs=tuple(get("cuda_arch", ())), jobs=get("jobs"), python=get("python"),
+        manylinux=get("manylinux"), time_limit=get("time_limit"),
+        allow_arch_gaps=bool(get("allow_arch_gaps")), keep_build_dir=bool(get("keep_build_dir")),
+        installed_needs=tuple(get("installed_need", ())), engine=get("engine"),
+        engines=get("engines"), base_image=get("base_image"),
+        allow_unpinned_base=bool(get("allow_unpinned_base")),
+        build_args=tuple(get("build_arg", ())), wait=not get("no_wait", False),
+    )  # fmt: skip
 
 
-def _archs(values: Sequence[str]) -> tuple[CudaArch, ...]:
-    archs: list[CudaArch] = []
-    for value in values:
-        archs += [
-            parse_arch(part, where="--cuda-arch")
-            for part in value.replace(";", ",").split(",")
-            if part
-        ]
-    return tuple(archs)
-
-
-def _runner(args: argparse.Namespace, project: Path, workspace: Workspace) -> Runner:
-    """The runner the command line asks for; the container one is configured from the
-    target's builder image, lock.toml's pin for it and the engine settings."""
-    if args.runner == "host":
-        return HostRunner()
-    build_args = _build_args(args.build_arg)  # a bad argument is named before any engine lookup
-    target = load_target(project, args.target)
-    base = args.base_image or target.builder_image
-    settings = load_engine_settings(project, args.engines)
-    return ContainerRunner(
-        engine=find_engine(args.engine, settings, required=not getattr(args, "dry_run", False)),
-        dockerfile=project / "Dockerfile.builder",
-        base_image=base,
-        locked_digest=read_lock(project / "lock.toml").builder.get(base),
-        allow_unpinned=args.allow_unpinned_base,
-        workspace=workspace,
-        build_args=build_args,
-    )
-
-
-def _build_args(items: Sequence[str]) -> dict[str, str]:
-    bad = [item for item in items if "=" not in item]
-    if bad:
-        raise ConfigError(f"--build-arg: '{bad[0]}' is not KEY=VALUE")
-    return dict(item.split("=", 1) for item in items)
+def _run(args: argparse.Namespace) -> Run:
+    return Run(_settings(args), console)
 
 
 def _wheelhouse(args: argparse.Namespace) -> Path:
     return wheelhouse_dir(args.wheelhouse, args.project)
-
-
-@dataclass
-class _Outcome:
-    recipe: str
-    version: str = ""
-    status: str = "pending"  # "up to date", "built", "failed", "skipped"
-    seconds: float = 0.0
-    detail: str = ""
-
-
-def _plans(args: argparse.Namespace, project: Path, workspace: Workspace, names: list[str],
-           top: str | None) -> list[BuildPlan]:  # fmt: skip
-    """Plans for ``names`` and everything they need, needs first; each build key
-    includes the keys of what it builds against, at the versions it asks for."""
-    recipe_levels(project, names)  # refuses cycles in 'needs' with one line
-    runner = _runner(args, project, workspace)
-    planned: dict[tuple[str, str], BuildPlan] = {}
-
-    def visit(name: str, version: str | None) -> BuildPlan:
-        recipe = load_recipe(project, name)
-        options = _build_options(args)
-        if name != top:  # --version and --force speak of the recipe asked for
-            options = dataclasses.replace(options, version=version, force=False)
-        on_demand = None
-        if options.version is not None and options.version not in recipe.spec.versions:
-            recipe = recipe.with_version(options.version)
-            on_demand = _lock_on_demand(args, project, recipe, options.version, workspace)
-        resolved = recipe.version(options.version)
-        if (name, resolved) in planned:
-            return planned[(name, resolved)]
-        installed = _installed_needs(args, project, runner, recipe.spec.needs)
-        needs = {need: visit(need, recipe.need_version(resolved, need))
-                 for need in sorted(recipe.spec.needs) if need not in installed}  # fmt: skip
-        # A preflight or a bundle builds none of the needs: their plans give keys and versions.
-        needs_only = (getattr(args, "preflight", False) or getattr(args, "bundle", False)) and (
-            name != top
-        )
-        the_plan = plan(project, name, args.target, runner, workspace, _wheelhouse(args), options,
-                        dry_run=getattr(args, "dry_run", False) or needs_only, on_demand=on_demand,
-                        **_need_arguments({n: p.build_key for n, p in needs.items()},
-                                          {n: p.version for n, p in needs.items()}, installed))  # fmt: skip
-        planned[(name, resolved)] = the_plan
-        return the_plan
-
-    for name in names:
-        visit(name, None)
-    return list(planned.values())
 
 
 def _next_steps(the_plan: BuildPlan, filename: str) -> None:
@@ -173,68 +94,12 @@ def _next_steps(the_plan: BuildPlan, filename: str) -> None:
     )
 
 
-def _lock_on_demand(args: argparse.Namespace, project: Path, recipe: Recipe, version: str,
-                    workspace: Workspace) -> LockEntry | None:  # fmt: skip
-    """A version the recipe does not list: use its lock entry if current, else lock it now
-    (network: the sdist's sha256 or the tag's commit) and write it to lock.toml, except in a
-    dry run, which plans with the entry in memory."""
-    lock_path = project / "lock.toml"
-    lock = read_lock(lock_path)
-    series = load_series(project, recipe.name, version)
-    try:
-        entry_for(lock, lock_path, recipe, version, series)
-        return None
-    except LockError:
-        pass
-    borrowed = recipe.derived[version]
-    targets = [load_target(project, t) for t in available_targets(project)]
-    with console.status(f"locking {recipe.name} {version} on demand (settings of {borrowed})"):
-        entry = lock_on_demand(project, recipe, version, targets, workspace)
-    pin = entry.source.commit or entry.source.sha256 or entry.source.tree_sha256
-    if getattr(args, "dry_run", False):
-        print(f"resolved {recipe.name} {version} on demand: {entry.source.kind} {pin} (settings "
-              f"of {borrowed}; unreviewed); a dry run leaves lock.toml as is", file=sys.stderr)  # fmt: skip
-        return entry
-    lock = read_lock(lock_path)
-    lock.recipes.setdefault(recipe.name, {})[version] = entry
-    write_lock(lock_path, lock)
-    print(f"locked {recipe.name} {version} on demand into {lock_path}: {entry.source.kind} "
-          f"{pin} (settings of {borrowed}; unreviewed)", file=sys.stderr)  # fmt: skip
-    return entry
+def _show_next_steps(outcome: Outcome) -> None:
+    if outcome.status == "built" and outcome.plan is not None and outcome.wheel is not None:
+        _next_steps(outcome.plan, outcome.wheel.filename)
 
 
-def _build(the_plan: BuildPlan, workspace: Workspace, *, force: bool, wait: bool) -> _Outcome:
-    """Build one plan, or find it up to date."""
-    started = time.monotonic()
-    outcome = _Outcome(the_plan.recipe.name, the_plan.version)
-    existing = None if force else up_to_date(the_plan)
-    if existing is None:
-        console.print(
-            f"[bold]building {the_plan.recipe.name} {the_plan.version}[/] for {the_plan.target.name} "
-            f"({', '.join(a.name for a in the_plan.archs)}), {the_plan.jobs} jobs, key {the_plan.build_key[:12]}"
-        )
-        console.print(f"log: {the_plan.log_path}")
-        with workspace.exclusive(wait=wait, note=console.print):
-            # A run that held the workspace may have just built the same key.
-            existing = None if force else up_to_date(the_plan)
-            if existing is None:
-                stored = execute(the_plan, console)
-                console.print(
-                    f"[green]published[/] {stored.path}\n  sha256 {stored.sha256}\n  index "
-                    f"{Wheelhouse(the_plan.wheelhouse).index_url()}"
-                )
-                _next_steps(the_plan, stored.filename)
-                outcome.status, outcome.detail = "built", stored.filename
-    if existing is not None:
-        console.print(
-            f"up to date: {existing} (build key {the_plan.build_key[:12]}; --force rebuilds)"
-        )
-        outcome.status, outcome.detail = "up to date", existing.name
-    outcome.seconds = time.monotonic() - started
-    return outcome
-
-
-def _from_bundle(args: argparse.Namespace) -> tuple[Path, Workspace, list[BuildPlan]]:
+def _from_bundle(args: argparse.Namespace, run: Run) -> tuple[Run, list[BuildPlan]]:
     """Verify and unpack ``--from-bundle`` into a fresh workspace; the plan of its recipe,
     built against exactly the needs the bundle carries (or --installed-need)."""
     from sparkforge.team import bundle
@@ -253,50 +118,19 @@ def _from_bundle(args: argparse.Namespace) -> tuple[Path, Workspace, list[BuildP
         raise ConfigError(
             f"--from-bundle: the bundle holds version {manifest['version']}, not {args.version}"
         )
-    args.version = manifest["version"]
-    runner = _runner(args, unpacked.project, unpacked.workspace)
+    # The bundle's project and workspace stand in for this run's; the wheelhouse stays.
+    inner = Run(dataclasses.replace(run.settings, project=unpacked.project,
+                                    wheelhouse=run.wheelhouse), console)  # fmt: skip
+    inner.workspace = unpacked.workspace
+    runner = inner.runner(dry_run=args.dry_run)
     recipe = load_recipe(unpacked.project, args.recipe)
-    installed = _installed_needs(args, unpacked.project, runner, recipe.spec.needs)
+    installed = inner.installed(unpacked.project, runner, recipe.spec.needs)
     the_plan = plan(unpacked.project, args.recipe, args.target, runner, unpacked.workspace,
-                    _wheelhouse(args), _build_options(args), dry_run=args.dry_run,
-                    **_need_arguments(dict(manifest["need_keys"]), dict(manifest["need_versions"]),
-                                      installed))  # fmt: skip
-    return unpacked.project, unpacked.workspace, [the_plan]
-
-
-def _installed_needs(args: argparse.Namespace, project: Path, runner: Runner,
-                     needs: Sequence[str]) -> dict[str, tuple[str, str]]:  # fmt: skip
-    """need -> (version, site-packages) for the needs named with --installed-need."""
-    target = _build_target(project, args)
-    return {need: runner.installed(target, load_recipe(project, need).spec.dist)
-            for need in sorted(set(needs) & set(getattr(args, "installed_need", [])))}  # fmt: skip
-
-
-class _NeedArguments(TypedDict):
-    need_keys: dict[str, str]
-    need_versions: dict[str, str]
-    installed_needs: dict[str, str]
-
-
-def _need_arguments(keys: dict[str, str], versions: dict[str, str],
-                    installed: dict[str, tuple[str, str]]) -> _NeedArguments:  # fmt: skip
-    """plan()'s need_keys, need_versions and installed_needs: what is built or bundled,
-    overridden by what the build interpreter has installed."""
-    return {
-        "need_keys": {**{n: k for n, k in keys.items() if n not in installed},
-                      **{n: f"installed:{v}@{site}" for n, (v, site) in installed.items()}},
-        "need_versions": {**{n: v for n, v in versions.items() if n not in installed},
-                          **{n: v for n, (v, _) in installed.items()}},
-        "installed_needs": {n: site for n, (_, site) in installed.items()},
-    }  # fmt: skip
-
-
-def _build_target(project: Path, args: argparse.Namespace) -> Target:
-    """The target as this build sees it: ``--python`` overrides its interpreter version."""
-    target = load_target(project, args.target)
-    if getattr(args, "python", None):
-        target = dataclasses.replace(target, python=args.python)
-    return target
+                    inner.wheelhouse, inner.options(version=manifest["version"], force=args.force),
+                    dry_run=args.dry_run,
+                    **need_arguments(dict(manifest["need_keys"]), dict(manifest["need_versions"]),
+                                     installed))  # fmt: skip
+    return inner, [the_plan]
 
 
 def _settings_words(args: argparse.Namespace) -> str:
@@ -311,14 +145,14 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     """Write one plan's verified inputs into one file (see bundle.py)."""
     from sparkforge.team import bundle
 
-    project = args.project.resolve()
-    workspace = Workspace.locate(args.workspace)
-    the_plan = _plans(args, project, workspace, [args.recipe], top=args.recipe)[-1]
+    run = _run(args)
+    the_plan = run.plans([args.recipe], top=args.recipe, version=args.version,
+                         needs_only=True)[-1]  # fmt: skip
     out = args.output or Path.cwd() / (
         f"{the_plan.recipe.name}-{the_plan.version}-{the_plan.target.name}-"
         f"{the_plan.build_key[:12]}.bundle.tar.xz"
     )
-    with workspace.exclusive(wait=not args.no_wait, note=console.print):
+    with run.workspace.exclusive(wait=run.settings.wait, note=console.print):
         written, manifest = bundle.write(the_plan, out.resolve(), console.print)
     size = written.stat().st_size
     console.print(
@@ -332,16 +166,26 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 
 def cmd_build(args: argparse.Namespace) -> int:
     """Build a recipe, after building (or finding up to date) what it needs."""
-    if not args.from_bundle:
-        project = args.project.resolve()
-        workspace = Workspace.locate(args.workspace)
-        return _build_plans(args, workspace, _plans(args, project, workspace, [args.recipe],
-                                                    top=args.recipe))  # fmt: skip
     started = time.monotonic()
-    _, workspace, plans = _from_bundle(args)
-    scratch = workspace.root.parent  # the unpacked bundle: project, workspace, build tree
+    run = _run(args)
+    if not args.from_bundle:
+        if not (args.dry_run or args.preflight):
+            run.build(args.recipe, version=args.version, force=args.force,
+                      on_built=_show_next_steps)  # fmt: skip
+            console.print(f"pipeline time {time.monotonic() - started:.2f} s")
+            return 0
+        plans = run.plans([args.recipe], top=args.recipe, version=args.version, force=args.force,
+                          dry_run=args.dry_run, needs_only=args.preflight)  # fmt: skip
+        return _dry_run_or_preflight(args, run, plans)
+    inner, plans = _from_bundle(args, run)
+    scratch = inner.workspace.root.parent  # the unpacked bundle: project, workspace, build tree
     try:
-        code = _build_plans(args, workspace, plans, started)
+        if args.dry_run or args.preflight:
+            code = _dry_run_or_preflight(args, inner, plans)
+        else:
+            _show_next_steps(inner.build_one(plans[-1], force=args.force))
+            console.print(f"pipeline time {time.monotonic() - started:.2f} s")
+            code = 0
     except BaseException:
         print(f"note: the unpacked bundle, build tree and logs stay in {scratch}; delete it when "
               "done", file=sys.stderr)  # fmt: skip
@@ -353,108 +197,35 @@ def cmd_build(args: argparse.Namespace) -> int:
     return code
 
 
-def _build_plans(args: argparse.Namespace, workspace: Workspace, plans: list[BuildPlan],
-                 started: float | None = None) -> int:  # fmt: skip
-    """Dry run, preflight or build of ``plans`` (needs first, the recipe asked for last)."""
-    started = time.monotonic() if started is None else started
+def _dry_run_or_preflight(args: argparse.Namespace, run: Run, plans: list[BuildPlan]) -> int:
+    """``--dry-run``: the plan as JSON (conflicts: exit 2); ``--preflight``: run it."""
     the_plan = plans[-1]
-    if args.dry_run:
-        if the_plan.blocked_by:
-            print(f"note: this plan cannot run here: {the_plan.blocked_by}", file=sys.stderr)
-        described = {
-            **the_plan.describe(),
-            "builds_first": {f"{p.recipe.name} {p.version}": p.build_key for p in plans[:-1]},
-        }
-        text = json.dumps(described, indent=2)
-        console.print_json(text) if console.is_terminal else print(text)
-        conflicts = [c for p in plans for c in p.conflicts]
-        for conflict in conflicts:
-            print(f"conflict: {conflict}", file=sys.stderr)
-        return 2 if conflicts else 0
-    if args.preflight:
-        return _preflight(the_plan, workspace, upstream_needs=args.upstream_needs,
-                          wait=not args.no_wait)  # fmt: skip
-    for need in plans[:-1]:
-        outcome = _build(need, workspace, force=False, wait=not args.no_wait)
-        console.print(f"need {need.recipe.name}: {outcome.status}")
-    _build(the_plan, workspace, force=args.force, wait=not args.no_wait)
-    console.print(f"pipeline time {time.monotonic() - started:.2f} s")
-    return 0
-
-
-def _preflight(the_plan: BuildPlan, workspace: Workspace, *, upstream_needs: bool,
-               wait: bool) -> int:  # fmt: skip
-    """Run one plan's preflight and print what it checked."""
-    from sparkforge.verify.preflight import run as run_preflight
-
-    console.print(
-        f"[bold]preflight {the_plan.recipe.name} {the_plan.version}[/] for {the_plan.target.name} "
-        f"({', '.join(a.name for a in the_plan.archs)}), key {the_plan.build_key[:12]}"
-    )
-    with workspace.exclusive(wait=wait, note=console.print):
-        result = run_preflight(the_plan, console, upstream_needs=upstream_needs)
-    console.print(
-        f"[green]preflight passed[/]: {the_plan.recipe.name} {the_plan.version} in "
-        f"{result.seconds:.1f} s (network: {result.isolation}); nothing was compiled or published"
-    )
-    return 0
+    if args.preflight and not args.dry_run:
+        run.preflight(the_plan, upstream_needs=args.upstream_needs)
+        return 0
+    if the_plan.blocked_by:
+        print(f"note: this plan cannot run here: {the_plan.blocked_by}", file=sys.stderr)
+    described = {
+        **the_plan.describe(),
+        "builds_first": {f"{p.recipe.name} {p.version}": p.build_key for p in plans[:-1]},
+    }
+    text = json.dumps(described, indent=2)
+    console.print_json(text) if console.is_terminal else print(text)
+    conflicts = [c for p in plans for c in p.conflicts]
+    for conflict in conflicts:
+        print(f"conflict: {conflict}", file=sys.stderr)
+    return 2 if conflicts else 0
 
 
 def cmd_build_all(args: argparse.Namespace) -> int:
     """Every recipe (or those named) in dependency order, then a table of results.
 
     A failed recipe does not stop the others; what needs it is skipped."""
-    project = args.project.resolve()
-    workspace = Workspace.locate(args.workspace)
-    args.recipe, args.version = None, None
-    names = args.recipes or available_recipes(project)
+    run = _run(args)
+    names = args.recipes or available_recipes(run.project)
     if args.dry_run:
-        return _build_all_plan(args, project, workspace, names)
-    plans = _plans(args, project, workspace, names, top=None)
-    outcomes: list[_Outcome] = []
-    broken: set[str] = set()
-    checked: set[str] = set()
-    preflight_errors: dict[str, str] = {}
-
-    def preflight(the_plan: BuildPlan) -> None:
-        """The recipe's preflight, once, when it has one and is not up to date."""
-        spec = the_plan.recipe.preflight(the_plan.version)
-        key = the_plan.build_key
-        if args.no_preflight or key in checked or not (spec.configure or spec.frontend):
-            return
-        checked.add(key)
-        if up_to_date(the_plan) is None:
-            try:
-                _preflight(the_plan, workspace, upstream_needs=False, wait=not args.no_wait)
-            except SparkforgeError as exc:
-                preflight_errors[key] = f"preflight: {exc.message}"
-
-    # First step: the preflight of every recipe whose needs are already in the wheelhouse,
-    # so a broken recipe is found in minutes, before hours of compile elsewhere.
-    house = Wheelhouse(_wheelhouse(args))
-    for the_plan in plans:
-        if all(house.built(k) for k in the_plan.need_keys.values()):
-            preflight(the_plan)
-    for the_plan in plans:
-        blocked = sorted(set(the_plan.recipe.spec.needs) & broken)
-        if blocked:
-            outcomes.append(_Outcome(the_plan.recipe.name, the_plan.version, "skipped",
-                                     detail=f"needs {', '.join(blocked)}, which did not build"))  # fmt: skip
-            broken.add(the_plan.recipe.name)
-            continue
-        preflight(the_plan)  # those whose needs were built just now
-        if the_plan.build_key in preflight_errors:
-            outcomes.append(_Outcome(the_plan.recipe.name, the_plan.version, "failed",
-                                     detail=preflight_errors[the_plan.build_key]))  # fmt: skip
-            broken.add(the_plan.recipe.name)
-            continue
-        try:
-            outcomes.append(_build(the_plan, workspace, force=args.force, wait=not args.no_wait))
-        except SparkforgeError as exc:
-            outcomes.append(
-                _Outcome(the_plan.recipe.name, the_plan.version, "failed", detail=exc.message)
-            )
-            broken.add(the_plan.recipe.name)
+        return _build_all_plan(args, run, names)
+    outcomes = run.build_all(names, force=args.force, preflight=not args.no_preflight)
     table = Table(title=f"build-all for {args.target}", title_justify="left")
     for column in ("recipe", "version", "result", "seconds", "wheel or reason"):
         table.add_column(column, overflow="fold")
@@ -469,18 +240,16 @@ def cmd_build_all(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _build_all_plan(
-    args: argparse.Namespace, project: Path, workspace: Workspace, names: list[str]
-) -> int:
+def _build_all_plan(args: argparse.Namespace, run: Run, names: list[str]) -> int:
     """build-all --dry-run: what each recipe would do, in build order; nothing runs. A
     recipe that cannot be planned (no lock entry, a conflict) is a row, not the end."""
-    house = Wheelhouse(_wheelhouse(args))
+    house = Wheelhouse(run.wheelhouse)
     rows: list[dict[str, object]] = []
     plans: dict[str, BuildPlan] = {}
-    for level in recipe_levels(project, names):
+    for level in recipe_levels(run.project, names):
         for node in level:
             try:
-                for the_plan in _plans(args, project, workspace, [node.recipe], top=None):
+                for the_plan in run.plans([node.recipe], top=None, dry_run=True):
                     plans.setdefault(the_plan.recipe.name, the_plan)
             except SparkforgeError as exc:
                 rows.append({"recipe": node.recipe, "version": "", "build_key": None,
@@ -589,12 +358,11 @@ def _size_of(path: Path) -> int:
 
 def cmd_verify_repro(args: argparse.Namespace) -> int:
     """Build again from the lock in a fresh workspace at another path; compare."""
-    project = args.project.resolve()
-    options = _build_options(args)
-    workspace = Workspace.locate(args.workspace)
-    wheelhouse = _wheelhouse(args)
-    original = plan(project, args.recipe, args.target, _runner(args, project, workspace), workspace,
-                    wheelhouse, options)  # fmt: skip
+    run = _run(args)
+    project, workspace, wheelhouse = run.project, run.workspace, run.wheelhouse
+    options = run.options(version=args.version)
+    original = plan(project, args.recipe, args.target, run.runner(), workspace, wheelhouse,
+                    options)  # fmt: skip
     published = up_to_date(original)
     if published is None:
         raise ConfigError(
@@ -604,7 +372,7 @@ def cmd_verify_repro(args: argparse.Namespace) -> int:
         )
     with tempfile.TemporaryDirectory(prefix="sparkforge-repro-") as tmp:
         fresh = Workspace(Path(tmp) / "workspace")
-        again = plan(project, args.recipe, args.target, _runner(args, project, fresh), fresh,
+        again = plan(project, args.recipe, args.target, run.runner(workspace=fresh), fresh,
                      Path(tmp) / "wheelhouse", options)  # fmt: skip
         console.print(f"rebuilding {again.recipe.name} {again.version} in {fresh.root} (build key "
                       f"{again.build_key[:12]}) to compare with {published}")  # fmt: skip
@@ -632,8 +400,9 @@ def cmd_smoke(args: argparse.Namespace) -> int:
         house = Wheelhouse(_wheelhouse(args))
         requires += declared_dependencies(house, [recipe.spec.dist, *also])
     if args.runner == "container":
-        workspace = Workspace.locate(args.workspace)
-        runner = _runner(args, project, workspace)
+        run = _run(args)
+        workspace = run.workspace
+        runner = run.runner()
         assert isinstance(runner, ContainerRunner)
         runner.check(target)
         result = run_smoke_in_container(
@@ -674,68 +443,8 @@ def cmd_smoke(args: argparse.Namespace) -> int:
 
 
 def cmd_lock(args: argparse.Namespace) -> int:
-    project = args.project.resolve()
-    workspace = Workspace.locate(args.workspace)
-    lock_path = project / "lock.toml"
-    lock = read_lock(lock_path)
-    # `lock --upgrade triton` alone re-resolves triton only; plain `lock` does every recipe.
-    names = args.recipes or ([] if args.upgrade else available_recipes(project))
-    if args.builder:
-        settings = load_engine_settings(project, args.engines)
-        engine = find_engine(args.engine, settings)
-        for name in args.target or available_targets(project):
-            ref = load_target(project, name).builder_image
-            lock.builder[ref] = base_digest(engine, ref)
-            console.print(f"pinned builder base {ref}: {lock.builder[ref]} (target {name})")
-        if not args.recipes and not args.upgrade:
-            write_lock(lock_path, lock)
-            console.print(f"wrote {lock_path}")
-            return 0
-    upgrade = set(args.upgrade)
-    for name in upgrade - set(names):
-        names.append(name)
-    targets = [load_target(project, t) for t in available_targets(project)]
-    if args.version and len(args.recipes) != 1:
-        raise ConfigError(
-            "lock --version: name exactly one recipe, e.g. `lock vllm --version 0.33.0`"
-        )
-    recipes = {name: load_recipe(project, name) for name in names}
-    for name, recipe in recipes.items():
-        # Versions locked on demand earlier are kept current, and --version adds one.
-        unlisted = [v for v, e in lock.recipes.get(name, {}).items()
-                    if e.derived_from is not None and v not in recipe.spec.versions]  # fmt: skip
-        asked = args.version if args.recipes and name == args.recipes[0] else []
-        for version in dict.fromkeys([*unlisted, *asked]):
-            recipe = recipe.with_version(version)
-        for version in recipe.spec.versions:
-            series = load_series(project, name, version)
-            previous = lock.recipes.get(name, {}).get(version)
-            with console.status(f"locking {name} {version}"):
-                entry = lock_entry(
-                    project,
-                    recipe,
-                    version,
-                    series,
-                    targets,
-                    workspace,
-                    previous=previous,
-                    upgrade=name in upgrade,
-                )
-            if version in recipe.derived:
-                entry = entry.model_copy(update={"derived_from": recipe.derived[version]})
-            lock.recipes.setdefault(name, {})[version] = entry
-            src = entry.source
-            pin = src.commit or src.sha256 or src.tree_sha256
-            console.print(
-                f"locked {name} {version}: {src.kind} {pin}, {len(entry.patches)} patches, "
-                f"{len(entry.build_requires)} build requirements"
-            )
-    stale = [n for n in lock.recipes if n not in available_recipes(project)]
-    for name in stale:
-        del lock.recipes[name]
-        console.print(f"dropped {name} (no such recipe)")
-    write_lock(lock_path, lock)
-    console.print(f"wrote {lock_path}")
+    _run(args).lock(args.recipes, upgrade=args.upgrade, versions=args.version,
+                    builder=args.builder, targets=args.target or ())  # fmt: skip
     return 0
 
 
@@ -883,7 +592,7 @@ def cmd_outdated(args: argparse.Namespace) -> int:
         rows.append(row)
         if args.lock_moved and row.moved and row.newest is not None:
             try:
-                _lock_moved(project, recipe, row.newest, workspace)
+                _run(args).lock_newest(recipe, row.newest)
             except SparkforgeError as exc:  # one recipe that cannot be locked stops no other
                 row.answer += f"; not locked: {exc.message}"
                 print(f"error: {name} {row.newest} not locked: {exc.message}", file=sys.stderr)
@@ -907,17 +616,3 @@ def cmd_outdated(args: argparse.Namespace) -> int:
         "* default version; (new): newer than every listed release (--lock-moved locks it)"
     )
     return 0
-
-
-def _lock_moved(project: Path, recipe: Recipe, version: str, workspace: Workspace) -> None:
-    """Lock upstream's newest release on demand (settings of the nearest listed one)."""
-    derived = recipe.with_version(version)
-    targets = [load_target(project, t) for t in available_targets(project)]
-    with console.status(f"locking {recipe.name} {version} on demand"):
-        entry = lock_on_demand(project, derived, version, targets, workspace)
-    lock_path = project / "lock.toml"
-    lock = read_lock(lock_path)
-    lock.recipes.setdefault(recipe.name, {})[version] = entry
-    write_lock(lock_path, lock)
-    print(f"locked {recipe.name} {version} on demand into {lock_path} (settings of "
-          f"{derived.derived.get(version, version)}; unreviewed)", file=sys.stderr)  # fmt: skip

@@ -5,7 +5,7 @@ Three kinds of source: ``git`` (the locked commit checked out from the workspace
 bare mirror, submodules recursively), ``url`` (an archive verified by sha256 and
 extracted), ``path`` (a directory of this project, checked against its tree hash).
 Nothing falls back: a hash that differs or a commit that is missing is an error
-naming what to do. Pinning them (lock time) is ``sparkforge.lock.pins``.
+naming what to do. Pinning them (lock time) is ``sparkforge.locking.pins``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 import git
 
 from sparkforge.config.recipes import Recipe, source_root
-from sparkforge.lock.lockfile import LockedAsset, LockedSource
+from sparkforge.locking.lockfile import LockedAsset, LockedSource
 from sparkforge.util.errors import SourceError
 from sparkforge.util.fetch import (
     check_sha1,

@@ -35,8 +35,8 @@ from typing import Any
 import git
 
 from sparkforge import __version__
-from sparkforge.build.buildenv import stage_wheels
-from sparkforge.build.plan import BuildPlan
+from sparkforge.building.buildenv import stage_wheels
+from sparkforge.building.plan import BuildPlan
 from sparkforge.sources.materialize import (
     materialize,
     stage_assets,

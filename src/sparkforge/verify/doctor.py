@@ -25,8 +25,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from sparkforge.build.plan import available_memory_gb, job_count
-from sparkforge.build.runners import find_python, nvcc_version
+from sparkforge.building.plan import available_memory_gb, job_count
+from sparkforge.building.runners import find_python, nvcc_version
 from sparkforge.config.recipes import Recipe
 from sparkforge.config.targets import Target
 from sparkforge.util.errors import ConfigError

@@ -33,8 +33,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from sparkforge.build.plan import BuildPlan, prepare
-from sparkforge.build.runners import HostRunner
+from sparkforge.building.plan import BuildPlan, prepare
+from sparkforge.building.runners import HostRunner
 from sparkforge.config.recipes import CONFIGURE_OUTPUT
 from sparkforge.util.errors import BuildError, ConfigError, telling_line
 from sparkforge.util.progress import BuildLog

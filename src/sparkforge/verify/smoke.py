@@ -22,8 +22,8 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from sparkforge.build.containers import check_gpu_runtime
-from sparkforge.build.runners import ContainerRunner
+from sparkforge.building.containers import check_gpu_runtime
+from sparkforge.building.runners import ContainerRunner
 from sparkforge.config.targets import Target
 from sparkforge.util.errors import SmokeError
 from sparkforge.wheelhouse.store import Wheelhouse

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
-from sparkforge.build.buildenv import upstream_wheels
-from sparkforge.build.plan import BuildPlan
+from sparkforge.building.buildenv import upstream_wheels
+from sparkforge.building.plan import BuildPlan
 from sparkforge.config.recipes import load_recipe
 from sparkforge.util.digest import sha256_file
 from sparkforge.util.errors import BuildError

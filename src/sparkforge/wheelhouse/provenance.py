@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from sparkforge import __version__
 
 if TYPE_CHECKING:
-    from sparkforge.build.plan import BuildPlan
+    from sparkforge.building.plan import BuildPlan
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"

@@ -17,7 +17,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from sparkforge.config.recipes import UpstreamSpec
-from sparkforge.lock.lockfile import DeclaredPin, UpstreamDeclared
+from sparkforge.locking.lockfile import DeclaredPin, UpstreamDeclared
 from sparkforge.util.errors import LockError
 
 ReadFile = Callable[[str], str]  # path inside the pinned source -> text (FileNotFoundError)

@@ -31,7 +31,7 @@ from packaging.version import InvalidVersion, Version
 
 from sparkforge.config.recipes import Recipe
 from sparkforge.config.targets import Target, marker_environment
-from sparkforge.lock.lockfile import LockEntry
+from sparkforge.locking.lockfile import LockEntry
 
 #: ``nvidia-*`` wheels that carry a library the builder compiles against, by library.
 LIBRARY_WHEELS: dict[str, str] = {

@@ -18,7 +18,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from pydantic import Field
 
-from sparkforge.lock.consistency import BuilderLibraries
+from sparkforge.locking.consistency import BuilderLibraries
 from sparkforge.util.errors import ConfigError
 from sparkforge.util.models import StrictModel, load_model
 from sparkforge.util.tomlfile import is_file

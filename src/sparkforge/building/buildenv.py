@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sparkforge.config.targets import platform_tags
-from sparkforge.lock.lockfile import LockedRequirement
+from sparkforge.locking.lockfile import LockedRequirement
 from sparkforge.util import faults
 from sparkforge.util.errors import BuildError
 

@@ -26,8 +26,8 @@ from typing import Any
 from packaging.utils import canonicalize_name
 
 from sparkforge import __version__
-from sparkforge.build.buildenv import env_path
-from sparkforge.build.runners import Runner
+from sparkforge.building.buildenv import env_path
+from sparkforge.building.runners import Runner
 from sparkforge.config.archs import (
     KNOWN_SASS,
     CudaArch,
@@ -40,9 +40,9 @@ from sparkforge.config.archs import (
 from sparkforge.config.patches import PatchSeries, load_series
 from sparkforge.config.recipes import Recipe, load_recipe
 from sparkforge.config.targets import Target, load_target
-from sparkforge.lock import consistency
-from sparkforge.lock.consistency import Need
-from sparkforge.lock.lockfile import LockedAsset, LockEntry, entry_for, read_lock
+from sparkforge.locking import consistency
+from sparkforge.locking.consistency import Need
+from sparkforge.locking.lockfile import LockedAsset, LockEntry, entry_for, read_lock
 from sparkforge.sources.materialize import materialize, stage_assets
 from sparkforge.sources.patching import apply_series
 from sparkforge.util.errors import BuildError, ConfigError, LockError
@@ -250,8 +250,8 @@ def _key(data: dict[str, Any]) -> str:
 # (wheelhouse/needs), the conductor (pipeline) and repair/normalize (wheel/repair).
 # Their digest is part of every build key: a change to any of them rebuilds, so "up to
 # date" never means "built by other code" (the audit, index and CLI are not in it).
-OUTPUT_MODULES = ("build/plan.py", "build/buildenv.py", "build/containers.py",
-                  "build/runners.py", "sources/materialize.py", "sources/patching.py",
+OUTPUT_MODULES = ("building/plan.py", "building/buildenv.py", "building/containers.py",
+                  "building/runners.py", "sources/materialize.py", "sources/patching.py",
                   "util/fetch.py", "wheelhouse/needs.py", "pipeline.py",
                   "wheel/repair.py")  # fmt: skip
 

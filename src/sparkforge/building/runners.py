@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from sparkforge.build.buildenv import (
+from sparkforge.building.buildenv import (
     build_env,
     env_contents,
     is_complete,
@@ -26,8 +26,8 @@ from sparkforge.build.buildenv import (
     stage_tools,
     stage_wheels,
 )
-from sparkforge.build.builderlibs import container_libraries, host_libraries
-from sparkforge.build.containers import (
+from sparkforge.building.builderlibs import container_libraries, host_libraries
+from sparkforge.building.containers import (
     BuilderImage,
     ContainerError,
     Engine,
@@ -37,8 +37,8 @@ from sparkforge.build.containers import (
     run_argv,
 )
 from sparkforge.config.targets import Target
-from sparkforge.lock.consistency import BuilderLibraries
-from sparkforge.lock.lockfile import LockedRequirement
+from sparkforge.locking.consistency import BuilderLibraries
+from sparkforge.locking.lockfile import LockedRequirement
 from sparkforge.util.errors import BuildError, ConfigError
 from sparkforge.util.proc import Executor, LineSink, stream
 from sparkforge.util.workspace import Workspace

@@ -9,7 +9,7 @@ from pathlib import Path
 import git
 
 from sparkforge.config.recipes import Recipe, source_root
-from sparkforge.lock.lockfile import LockedSource
+from sparkforge.locking.lockfile import LockedSource
 from sparkforge.util.digest import sha256_file
 from sparkforge.util.errors import SourceError
 from sparkforge.util.fetch import (

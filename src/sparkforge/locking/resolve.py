@@ -19,7 +19,7 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 from sparkforge.config.patches import PatchSeries, load_series
 from sparkforge.config.recipes import Recipe, available_recipes, load_recipe
 from sparkforge.config.targets import Target, platform_tags
-from sparkforge.lock.lockfile import (
+from sparkforge.locking.lockfile import (
     LockedAsset,
     LockedPatch,
     LockedRequirement,
@@ -27,10 +27,10 @@ from sparkforge.lock.lockfile import (
     LockEntry,
     inputs_fingerprint,
 )
-from sparkforge.lock.manifests import EXPANDERS
-from sparkforge.lock.pins import read_locked_file, resolve_git_asset, url_asset_sha256
-from sparkforge.lock.pins import resolve as resolve_source
-from sparkforge.lock.upstream import read_declarations
+from sparkforge.locking.manifests import EXPANDERS
+from sparkforge.locking.pins import read_locked_file, resolve_git_asset, url_asset_sha256
+from sparkforge.locking.pins import resolve as resolve_source
+from sparkforge.locking.upstream import read_declarations
 from sparkforge.util.digest import sha256_file
 from sparkforge.util.errors import LockError, SourceError
 from sparkforge.util.workspace import Workspace
