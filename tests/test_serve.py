@@ -245,7 +245,6 @@ def test_negotiation_rules() -> None:
         ("/simple/OTHER.proj", "/simple/other-proj/"),
         ("/simple/sfdemo", "/simple/sfdemo/"),
         ("/simple", "/simple/"),
-        ("/", "/simple/"),
     ],
 )
 def test_non_normalized_names_redirect(

@@ -8,7 +8,6 @@ them all, and the wheelhouse changes only in its last step.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -117,7 +116,7 @@ def _phases(plan: BuildPlan, log: BuildLog, started: float) -> StoredWheel:
             toolchain=toolchain,
         )
         house = Wheelhouse(plan.wheelhouse)
-        stored = house.publish(final, json.dumps(body, indent=2, sort_keys=True).encode())
+        stored = house.publish(final, body.to_json())
         house.remember_build(plan.build_key, stored.filename)
     plan.workspace.record_durations(plan.history_key, log.durations)
     if not plan.options.keep_build_dir:

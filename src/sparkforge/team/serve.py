@@ -198,7 +198,9 @@ def route(root: Path, target: str, headers: dict[str, str]) -> Response:
     if segments is None:
         return _text(HTTPStatus.NOT_FOUND, "no such path")
     match segments:
-        case [""] | ["simple"]:
+        case [""] | ["index.html"]:
+            return _browse_page(root)
+        case ["simple"]:
             return _redirect("/simple/")
         case ["simple", ""]:
             return _page(root, None, headers.get("accept"))
@@ -209,6 +211,17 @@ def route(root: Path, target: str, headers: dict[str, str]) -> Response:
         case ["files", name]:
             return _file(root, name, headers.get("range"), headers.get("if-range"))
     return _text(HTTPStatus.NOT_FOUND, "no such path")
+
+
+def _browse_page(root: Path) -> Response:
+    """The page a person browses (written with the index by every publish)."""
+    try:
+        body = (root / "index.html").read_bytes()
+    except FileNotFoundError:
+        return _text(HTTPStatus.NOT_FOUND, "no browsable page yet; run `nox -s index` once "
+                     "(pip and uv use /simple/)")  # fmt: skip
+    return Response(HTTPStatus.OK, {"Content-Type": "text/html; charset=utf-8",
+                                    "Cache-Control": _REVALIDATE}, body)  # fmt: skip
 
 
 def _segments(path: str) -> list[str] | None:

@@ -30,6 +30,7 @@ before ``simple`` points at it; old generations are removed only afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -55,6 +56,7 @@ from sparkforge.util import faults
 from sparkforge.util.digest import sha256_file
 from sparkforge.util.errors import WheelhouseError
 from sparkforge.wheel.repair import read_metadata
+from sparkforge.wheelhouse.provenance import Provenance
 
 API_VERSION = "1.1"
 _FILES = "files"
@@ -63,6 +65,8 @@ _SIMPLE = "simple"
 _KEYS = "keys"  # keys/<build key> → the wheel filename that build produced
 _METADATA_SUFFIX = ".metadata"
 _PROVENANCE_SUFFIX = ".provenance.json"
+#: The browsable page at the wheelhouse root (static file and served at "/").
+PAGE = "index.html"
 
 
 @dataclass(frozen=True)
@@ -225,6 +229,14 @@ class Wheelhouse:
             staging.rename(final)
             faults.point("index:written")
             self._point_simple_at(generation)
+        # The page a person browses, beside simple/ (which it does not touch): written
+        # whole or not at all, after the index it links to.
+        page = browse_page(self.wheels())
+        with contextlib.suppress(FileNotFoundError):
+            if (self.root / PAGE).read_bytes() == page:
+                page = b""  # unchanged: a republish of the same bytes leaves it as it is
+        if page:
+            write_atomic(self.root / PAGE, page)
         for stale in index_dir.iterdir():
             if stale.name != generation:
                 shutil.rmtree(stale)
@@ -290,24 +302,16 @@ def _sidecars(target: Path, metadata: bytes, provenance: bytes) -> dict[Path, by
     }
 
 
-def _provenance_of(wheel: Path) -> dict[str, Any]:
-    """The wheel's provenance statement, or {} when it is missing or unreadable."""
-    try:
-        data = json.loads(wheel.with_name(wheel.name + _PROVENANCE_SUFFIX).read_bytes())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+def provenance_of(wheel: Path) -> Provenance | None:
+    """The wheel's provenance statement, or None when it is missing or unreadable."""
+    return Provenance.read(wheel.with_name(wheel.name + _PROVENANCE_SUFFIX))
 
 
 def describe(wheel: StoredWheel) -> dict[str, Any]:
     """What the wheelhouse knows about one wheel, from the file and its provenance: for
-    ``sparkforge list``. Fields the provenance lacks are empty, never guessed."""
-    provenance = _provenance_of(wheel.path)
-    predicate = provenance.get("predicate", {})
-    definition = predicate.get("buildDefinition", {}) if isinstance(predicate, dict) else {}
-    external = definition.get("externalParameters", {})
-    internal = definition.get("internalParameters", {})
-    target = external.get("target", {}) if isinstance(external, dict) else {}
+    ``sparkforge list`` and the browsable page. Fields the provenance lacks are empty,
+    never guessed."""
+    provenance = provenance_of(wheel.path) or Provenance.empty()
     built = datetime.fromtimestamp(int(wheel.path.stat().st_mtime), tz=UTC)
     return {
         "project": wheel.project,
@@ -315,10 +319,10 @@ def describe(wheel: StoredWheel) -> dict[str, Any]:
         "file": wheel.filename,
         "size": wheel.size,
         "sha256": wheel.sha256,
-        "recipe": external.get("recipe", "") if isinstance(external, dict) else "",
-        "target": target.get("name", "") if isinstance(target, dict) else "",
-        "build_key": internal.get("build_key", "") if isinstance(internal, dict) else "",
-        "audit": _audit_of(wheel.path),
+        "recipe": provenance.external.recipe,
+        "target": str(provenance.external.target.get("name", "")),
+        "build_key": provenance.internal.build_key,
+        "audit": provenance.verdicts(),
         "built": built.strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
 
@@ -330,25 +334,8 @@ def _recorded_sha256(wheel: Path) -> str | None:
     multi-GB wheels, and a file damaged on disk later fails pip's hash check
     instead of being listed with its damaged hash.
     """
-    for subject in _provenance_of(wheel).get("subject", []):
-        if isinstance(subject, dict) and subject.get("name") == wheel.name:
-            digest = subject.get("digest", {}).get("sha256")
-            if isinstance(digest, str) and len(digest) == 64:
-                return digest
-    return None
-
-
-def _audit_of(wheel: Path) -> dict[str, str]:
-    """Arch → audit verdict from the provenance (e.g. {"sm_121": "native"})."""
-    byproducts = (
-        _provenance_of(wheel).get("predicate", {}).get("runDetails", {}).get("byproducts", [])
-    )
-    for item in byproducts:
-        if isinstance(item, dict) and item.get("name") == "audit":
-            content = item.get("content", {})
-            return {arch: str(result.get("verdict")) for arch, result in sorted(content.items())
-                    if isinstance(result, dict)}  # fmt: skip
-    return {}
+    provenance = provenance_of(wheel)
+    return provenance.subject_sha256(wheel.name) if provenance else None
 
 
 def _stored(path: Path, digest: str) -> StoredWheel:
@@ -424,7 +411,7 @@ def _entry(wheel: StoredWheel) -> _FileEntry:
         metadata_sha256=hashlib.sha256(metadata).hexdigest(),
         requires_python=raw.get("requires_python"),
         upload_time=mtime.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        audit=_audit_of(wheel.path),
+        audit=(provenance_of(wheel.path) or Provenance.empty()).verdicts(),
     )
 
 
@@ -502,3 +489,66 @@ def _project_json(project: str, entries: Sequence[_FileEntry]) -> bytes:
 
 def _json(document: Mapping[str, object]) -> bytes:
     return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
+
+
+_PAGE_STYLE = (
+    "body{font-family:system-ui,sans-serif;margin:2em;max-width:80em}"
+    "table{border-collapse:collapse;margin-bottom:2em}"
+    "th,td{border-bottom:1px solid #ddd;padding:.3em .8em;text-align:left;vertical-align:top}"
+    "td.size{text-align:right}.bad{color:#b00}.good{color:#070}code{font-size:90%}"
+)
+_VERDICT_CLASS = {"native": "good", "compatible": "good", "family": "good", "ptx-jit": "good",
+                  "will-not-run": "bad", "wrong-platform": "bad"}  # fmt: skip
+
+
+def _size_text(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB"
+
+
+def browse_page(wheels: Sequence[StoredWheel]) -> bytes:
+    """One HTML page for a person: per project, each wheel's version, target, audit
+    verdicts, size, build date, build key and links to the file, its provenance and the
+    project's PEP 503 page. Links are relative, so the page works served and as a file."""
+    sections = []
+    rows_total = 0
+    for project, group in groupby(wheels, key=lambda wheel: wheel.project):
+        rows = []
+        for wheel in sorted(group, key=lambda w: (Version(w.version), w.filename), reverse=True):
+            info = describe(wheel)
+            verdicts = "<br>".join(
+                f'<span class="verdict {_VERDICT_CLASS.get(v, "")}">'
+                f"{escape(arch)}: {escape(v)}</span>" for arch, v in info["audit"].items()
+            ) or "-"  # fmt: skip
+            file_url = f"{_FILES}/{quote(wheel.filename)}"
+            provenance = (f'<a href="{escape(file_url + _PROVENANCE_SUFFIX)}">provenance</a>'
+                          if wheel.provenance.is_file() else "-")  # fmt: skip
+            rows.append(
+                "<tr>"
+                f'<td class="version">{escape(wheel.version)}</td>'
+                f'<td class="target">{escape(info["target"]) or "-"}</td>'
+                f'<td class="verdicts">{verdicts}</td>'
+                f'<td class="size">{_size_text(wheel.size)}</td>'
+                f'<td class="built">{escape(info["built"])}</td>'
+                f'<td class="key"><code>{escape(info["build_key"][:12]) or "-"}</code></td>'
+                f'<td><a class="file" href="{escape(file_url)}">{escape(wheel.filename)}</a>'
+                f"<br><small>sha256 {wheel.sha256[:16]}…</small></td>"
+                f'<td class="provenance">{provenance}</td>'
+                "</tr>"
+            )
+        rows_total += len(rows)
+        sections.append(
+            f'<section class="project" id="{escape(project)}"><h2>{escape(project)} '
+            f'<small><a href="{_SIMPLE}/{escape(project)}/">simple index</a></small></h2>'
+            "<table><thead><tr><th>version</th><th>target</th><th>audit</th><th>size</th>"
+            "<th>built (UTC)</th><th>build key</th><th>wheel</th><th>provenance</th></tr>"
+            f"</thead><tbody>{''.join(rows)}</tbody></table></section>"
+        )
+    body = "".join(sections) or "<p>No wheels yet: build a recipe (nox -s build-…).</p>"
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        "<title>sparkforge wheelhouse</title>"
+        f"<style>{_PAGE_STYLE}</style></head><body>"
+        f"<h1>sparkforge wheelhouse</h1><p>{rows_total} wheel(s). pip and uv use "
+        f'<a href="{_SIMPLE}/">{_SIMPLE}/</a> (PEP 503/691); this page is for people.</p>'
+        f"{body}</body></html>\n"
+    ).encode()
