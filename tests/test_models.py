@@ -27,7 +27,7 @@ def test_shipped_targets_load() -> None:
 def test_shipped_probe_recipe_loads() -> None:
     recipe = load_recipe(REPO, "sm121-probe")
     assert recipe.default_version() == "0.1.0"
-    assert recipe.spec.source.path == "probe"
+    assert recipe.source.path == "probe"
     assert recipe.smoke_script.is_file()
 
 
@@ -126,8 +126,8 @@ def test_an_unlisted_version_borrows_the_nearest_listed_settings() -> None:
     triton = load_recipe(project, "triton")
     derived = triton.with_version("3.5.2")
     assert derived.derived == {"3.5.2": "3.5.1"}
-    assert derived.spec.versions["3.5.2"].ref == "v3.5.2"
-    assert not derived.spec.versions["3.5.2"].default
+    assert derived.versions["3.5.2"].ref == "v3.5.2"
+    assert not derived.versions["3.5.2"].default
     assert triton.with_version("3.0.0").derived == {"3.0.0": "3.5.0"}  # below all: the oldest
     torch = load_recipe(project, "torch")
     with pytest.raises(ConfigError, match=r"'2\.15' is torch 2\.15\.0, which .* lists"):

@@ -220,7 +220,7 @@ def test_declarations_are_read_from_the_pinned_source() -> None:
             raise FileNotFoundError(rel)
         return files[rel]
 
-    spec = load_recipe(REPO, "vllm").spec.upstream.model_copy(update={
+    spec = load_recipe(REPO, "vllm").upstream.model_copy(update={
         "requirements": ["requirements/cuda.txt"],
         "version_files": {".ci/docker/triton_version.txt": "triton"}})  # fmt: skip
     declared = read_declarations(read, spec, ["torch", "torchaudio", "triton"], where="test")
@@ -238,7 +238,7 @@ def test_no_build_system_means_peps_default() -> None:
     def read(rel: str) -> str:
         raise FileNotFoundError(rel)
 
-    spec = load_recipe(REPO, "sm121-probe").spec.upstream
+    spec = load_recipe(REPO, "sm121-probe").upstream
     declared = read_declarations(read, spec, [], where="test")
     assert declared.build_backend == LEGACY_BACKEND
 

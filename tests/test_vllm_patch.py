@@ -173,7 +173,7 @@ def test_the_older_cuda_branch_stays_broken_for_cuda_12(tmp_path: Path) -> None:
 def test_vllm_0_12_0_needs_no_patch(tmp_path: Path, spark_arch_list: str) -> None:
     """0.12.0 (the recipe's second version) no longer enables the SM100 MoE entry
     point for 12.x, so nothing references the kernel it does not build."""
-    assert "0.12.0" in load_recipe(PROJECT, "vllm").spec.versions
+    assert "0.12.0" in load_recipe(PROJECT, "vllm").versions
     names = [p.name for p in load_series(PROJECT, "vllm", "0.12.0").patches]
     assert not any("grouped-moe" in n for n in names), names
     result = _evaluate(_tree(tmp_path, "0.12.0", patched=True), spark_arch_list)

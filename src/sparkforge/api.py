@@ -203,7 +203,7 @@ class Run:
                   needs: Sequence[str]) -> dict[str, tuple[str, str]]:  # fmt: skip
         """need -> (version, site-packages) for the needs the settings take as installed."""
         target = self.target(project)
-        return {need: runner.installed(target, load_recipe(project, need).spec.dist)
+        return {need: runner.installed(target, load_recipe(project, need).dist)
                 for need in sorted(set(needs) & set(self.settings.installed_needs))}  # fmt: skip
 
     # --------------------------------------------------------------------- plans
@@ -225,15 +225,15 @@ class Run:
             if name != top:
                 options = dataclasses.replace(options, version=asked, force=False)
             on_demand = None
-            if options.version is not None and options.version not in recipe.spec.versions:
+            if options.version is not None and options.version not in recipe.versions:
                 recipe = recipe.with_version(options.version)
                 on_demand = self.lock_on_demand(recipe, options.version, dry_run=dry_run)
             resolved = recipe.version(options.version)
             if (name, resolved) in planned:
                 return planned[(name, resolved)]
-            installed = self.installed(self.project, runner, recipe.spec.needs)
+            installed = self.installed(self.project, runner, recipe.needs)
             needs = {need: visit(need, recipe.need_version(resolved, need))
-                     for need in sorted(recipe.spec.needs) if need not in installed}  # fmt: skip
+                     for need in sorted(recipe.needs) if need not in installed}  # fmt: skip
             the_plan = make_plan(
                 self.project, name, self.settings.target, runner, self.workspace, self.wheelhouse,
                 options, dry_run=dry_run or (needs_only and name != top), on_demand=on_demand,
@@ -373,7 +373,7 @@ class Run:
         preflight_errors: dict[str, str] = {}
 
         def check(the_plan: BuildPlan) -> None:
-            spec = the_plan.recipe.preflight(the_plan.version)
+            spec = the_plan.recipe.preflight_for(the_plan.version)
             key = the_plan.build_key
             if not preflight or key in checked or not (spec.configure or spec.frontend):
                 return
@@ -392,7 +392,7 @@ class Run:
                 check(the_plan)
         for the_plan in plans:
             name, version = the_plan.recipe.name, the_plan.version
-            blocked = sorted(set(the_plan.recipe.spec.needs) & broken)
+            blocked = sorted(set(the_plan.recipe.needs) & broken)
             if blocked:
                 outcomes.append(Outcome(name, version, "skipped", plan=the_plan,
                                         detail=f"needs {', '.join(blocked)}, which did not build"))  # fmt: skip
@@ -451,11 +451,11 @@ class Run:
         for name, recipe in loaded.items():
             # Versions locked on demand earlier are kept current, and `versions` adds some.
             unlisted = [v for v, e in lock.recipes.get(name, {}).items()
-                        if e.derived_from is not None and v not in recipe.spec.versions]  # fmt: skip
+                        if e.derived_from is not None and v not in recipe.versions]  # fmt: skip
             asked = list(versions) if recipes and name == recipes[0] else []
             for version in dict.fromkeys([*unlisted, *asked]):
                 recipe = recipe.with_version(version)
-            for version in recipe.spec.versions:
+            for version in recipe.versions:
                 series = load_series(project, name, version)
                 previous = lock.recipes.get(name, {}).get(version)
                 with self.console.status(f"locking {name} {version}"):

@@ -66,11 +66,11 @@ def _phases(plan: BuildPlan, log: BuildLog, started: float) -> StoredWheel:
             auditwheel=tool,
             execute=where,
         )
-        if plan.recipe.spec.repair.rpath:
+        if plan.recipe.repair.rpath:
             repaired = wheels.prepend_rpath(
-                repaired, plan.recipe.spec.repair.rpath, plan.build_dir / "rpath"
+                repaired, plan.recipe.repair.rpath, plan.build_dir / "rpath"
             )
-            log.note(f"RPATH entries put in front: {plan.recipe.spec.repair.rpath}")
+            log.note(f"RPATH entries put in front: {plan.recipe.repair.rpath}")
     with log.phase("normalize"):
         final = wheels.normalize(
             repaired,
@@ -82,14 +82,14 @@ def _phases(plan: BuildPlan, log: BuildLog, started: float) -> StoredWheel:
         reports = cudabin.scan_wheel(final)
         audits = {
             a.name: compat.audit(
-                reports, a.sm, machine=plan.target.machine, cuda_required=plan.recipe.spec.cuda
+                reports, a.sm, machine=plan.target.machine, cuda_required=plan.recipe.cuda
             )
             for a in plan.archs
         }
         for name, result in audits.items():
             log.note(f"{name}: {result.summary}")
         gaps = [name for name, result in audits.items() if not result.ok]
-        if plan.recipe.spec.cuda and all(
+        if plan.recipe.cuda and all(
             r.status is compat.Status.NO_CUDA_CODE for r in audits.values()
         ):
             raise WheelError(

@@ -130,7 +130,7 @@ class BuildPlan:
         src = self.lock.source
         return {
             "recipe": self.recipe.name,
-            "dist": self.recipe.spec.dist,
+            "dist": self.recipe.dist,
             "version": self.version,
             "target": self.target.name,
             "platform": self.target.platform,
@@ -155,14 +155,14 @@ class BuildPlan:
             "needs": self.need_keys,
             "need_versions": self.need_versions,
             "upstream": self.lock.upstream.model_dump(mode="json") if self.lock.upstream else None,
-            "waived": dict(self.recipe.upstream(self.version).waive),
+            "waived": dict(self.recipe.upstream_for(self.version).waive),
             "runtime_requires": self.recipe.runtime_requires(self.version),
             "seeded": self.lock.seeded,
             "conflicts": list(self.conflicts),
             "unreviewed": list(self.unreviewed),
             "installed_needs": self.installed_needs,
             "builder_image": self.builder_image(),
-            "memory_per_job_gb": self.recipe.spec.memory_per_job_gb,
+            "memory_per_job_gb": self.recipe.memory_per_job_gb,
             "jobs": self.jobs,
             "jobs_on_reference_machine": self.reference_jobs(),
             "build_key": self.build_key,
@@ -201,7 +201,7 @@ class BuildPlan:
         machine = self.target.reference_machine
         if machine is None:
             return None
-        per_job = self.recipe.spec.memory_per_job_gb
+        per_job = self.recipe.memory_per_job_gb
         jobs = job_count_for(machine.cores, machine.memory_gb, per_job)
         return (
             f"{jobs} = min({machine.cores} cores, {machine.memory_gb:g} GB / {per_job:g} GB per "
@@ -211,7 +211,7 @@ class BuildPlan:
     @property
     def output_pattern(self) -> str:
         """The published wheel's name, up to its tags."""
-        name = canonicalize_name(self.recipe.spec.dist).replace("-", "_")
+        name = canonicalize_name(self.recipe.dist).replace("-", "_")
         label = f"+{self.local_version}" if self.local_version else ""
         return f"{name}-{self.version}{label}-*.whl"
 
@@ -327,7 +327,7 @@ def _environment(
     for asset in entry.assets:  # each asset's variable names its staged path
         if asset.env and asset.platform in (None, target.platform):
             env[asset.env] = f"{plan_values['assets_dir']}/{asset.dest}"
-    extra = {**recipe.spec.build.env, **recipe.spec.versions[version].env}
+    extra = {**recipe.build.env, **recipe.versions[version].env}
     for name, value in extra.items():
         env[name] = value.format_map(plan_values)
     return env
@@ -367,7 +367,7 @@ def plan(
                 f"{target.platform}; use a manylinux_2_N_{target.machine} policy"
             )
         target = dataclasses.replace(target, manylinux=options.manylinux)
-    if options.version is not None and options.version not in recipe.spec.versions:
+    if options.version is not None and options.version not in recipe.versions:
         recipe = recipe.with_version(options.version)  # on demand: unreviewed, see below
     version = recipe.version(options.version)
     blocked_by = None
@@ -391,13 +391,13 @@ def plan(
                 f"{lock_path}: lock entry for {recipe.name} {version} is stale ({root} changed since "
                 f"it was locked); run `nox -s lock -- {recipe.name}`"
             )
-    needed = {need: load_recipe(project, need) for need in sorted(recipe.spec.needs)}
+    needed = {need: load_recipe(project, need) for need in sorted(recipe.needs)}
     versions = {need: (need_versions or {}).get(need) or recipe.need_version(version, need)
                 or needed[need].default_version() for need in needed}  # fmt: skip
     installed = installed_needs or {}
     conflicts, unreviewed = consistency.split(consistency.check(
         recipe, version, entry, target,
-        [Need(n, needed[n].spec.dist, v, n in installed) for n, v in versions.items()],
+        [Need(n, needed[n].dist, v, n in installed) for n, v in versions.items()],
         # A plan this runner cannot execute here says nothing about its libraries.
         None if blocked_by else runner.libraries(target),
     ))  # fmt: skip
@@ -421,11 +421,11 @@ def plan(
                 f"{known}; 'a' variants from sm_90, 'f' from sm_100); check the arch"
             )
     archs = merge_archs(target.cuda_archs, recipe.extra_archs, options.extra_archs)
-    jobs = job_count(recipe.spec.memory_per_job_gb, options.jobs)
+    jobs = job_count(recipe.memory_per_job_gb, options.jobs)
     identity = runner.identity(target)
     python_version = identity["python"]
-    local = recipe.spec.build.local_version
-    needs = {need: (need_keys or {}).get(need, "") for need in sorted(recipe.spec.needs)}
+    local = recipe.build.local_version
+    needs = {need: (need_keys or {}).get(need, "") for need in sorted(recipe.needs)}
     key = _key(
         {
             "sparkforge": __version__,
@@ -454,9 +454,9 @@ def plan(
         "cuda_home": target.cuda_home,
         "cuda_version": target.cuda_version,
         "cuda_nodot": target.cuda_nodot,
-        "cuda_archs": cmake_architectures(archs, ptx=recipe.spec.build.ptx),
+        "cuda_archs": cmake_architectures(archs, ptx=recipe.build.ptx),
         "cuda_arch_numbers": ";".join(a.cmake for a in archs),
-        "torch_cuda_arch_list": torch_arch_list(archs, ptx=recipe.spec.build.ptx),
+        "torch_cuda_arch_list": torch_arch_list(archs, ptx=recipe.build.ptx),
         "runtime_requires": " | ".join(recipe.runtime_requires(version)),
         "multiarch": target.multiarch,
         "cuda_arch_list_a": arch_list_a(archs),
@@ -472,7 +472,7 @@ def plan(
         tuple(token.format_map(values) for token in shlex.split(line))
         for line in recipe.build_command(version)
     )
-    spec = recipe.preflight(version)
+    spec = recipe.preflight_for(version)
     preflight = Preflight(
         python=values["python"],
         frontend=str(build_dir / "src" / spec.frontend) if spec.frontend else None,
@@ -509,9 +509,9 @@ def plan(
             has_ccache=runner.has_ccache(),
         ),
         commands=commands,
-        wheel_pattern=recipe.spec.build.wheel.format_map(values),
+        wheel_pattern=recipe.build.wheel.format_map(values),
         local_version=local.format_map(values) if local else None,
-        repair_exclude=tuple(dict.fromkeys((*target.repair_exclude, *recipe.spec.repair.exclude))),
+        repair_exclude=tuple(dict.fromkeys((*target.repair_exclude, *recipe.repair.exclude))),
         runner=runner,
         runner_identity=identity,
         python_version=python_version,
@@ -544,13 +544,13 @@ def _explain_failure(plan: BuildPlan, argv: Sequence[str], code: int, tail: Sequ
         return (
             f"{what} ran out of disk space ({free:.1f} GB free in {plan.build_dir.parent}); free "
             f"space or point --workspace at a larger disk (the recipe needs about "
-            f"{plan.recipe.spec.disk_gb:g} GB, key 'disk_gb' in {plan.recipe.path}); log: {plan.log_path}"
+            f"{plan.recipe.disk_gb:g} GB, key 'disk_gb' in {plan.recipe.path}); log: {plan.log_path}"
         )
     if code in (137, -9) or _KILLED.search(text):
         return (
             f"{what} was killed (signal 9), most likely by the out-of-memory killer with {plan.jobs} "
             f"jobs; raise 'memory_per_job_gb' in {plan.recipe.path} (now "
-            f"{plan.recipe.spec.memory_per_job_gb:g}) or pass --jobs {max(1, plan.jobs // 2)}; "
+            f"{plan.recipe.memory_per_job_gb:g}) or pass --jobs {max(1, plan.jobs // 2)}; "
             f"log: {plan.log_path}"
         )
     return f"{what} exited with {code}; see the log tail above and {plan.log_path}"

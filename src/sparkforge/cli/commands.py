@@ -87,7 +87,7 @@ def _next_steps(the_plan: BuildPlan, filename: str) -> None:
     name = the_plan.recipe.name
     console.print(
         f"next: nox -s smoke-{name} -- --target {the_plan.target.name} (a fresh venv, installed "
-        f"by name from the index)\n  or: pip install --index-url {index} {the_plan.recipe.spec.dist}"
+        f"by name from the index)\n  or: pip install --index-url {index} {the_plan.recipe.dist}"
         f"\n  it installs on {python}, {tag.platform}; `pip debug --verbose` lists the tags "
         "a machine accepts",
         markup=False,
@@ -124,7 +124,7 @@ def _from_bundle(args: argparse.Namespace, run: Run) -> tuple[Run, list[BuildPla
     inner.workspace = unpacked.workspace
     runner = inner.runner(dry_run=args.dry_run)
     recipe = load_recipe(unpacked.project, args.recipe)
-    installed = inner.installed(unpacked.project, runner, recipe.spec.needs)
+    installed = inner.installed(unpacked.project, runner, recipe.needs)
     the_plan = plan(unpacked.project, args.recipe, args.target, runner, unpacked.workspace,
                     inner.wheelhouse, inner.options(version=manifest["version"], force=args.force),
                     dry_run=args.dry_run,
@@ -258,7 +258,7 @@ def _build_all_plan(args: argparse.Namespace, run: Run, names: list[str]) -> int
                              "unreviewed": []})  # fmt: skip
     for the_plan in plans.values():
         done = up_to_date(the_plan)
-        spec = the_plan.recipe.preflight(the_plan.version)
+        spec = the_plan.recipe.preflight_for(the_plan.version)
         rows.append({
             "recipe": the_plan.recipe.name, "version": the_plan.version,
             "build_key": the_plan.build_key,
@@ -394,11 +394,11 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     recipe = load_recipe(project, args.recipe)
     target = load_target(project, args.target)
     # What the recipe was built against comes from the wheelhouse too (vllm: torch, triton).
-    also = [load_recipe(project, need).spec.dist for need in recipe.spec.needs]
-    requires = list(recipe.spec.smoke.requires)
-    if recipe.spec.smoke.dependencies:
+    also = [load_recipe(project, need).dist for need in recipe.needs]
+    requires = list(recipe.smoke.requires)
+    if recipe.smoke.dependencies:
         house = Wheelhouse(_wheelhouse(args))
-        requires += declared_dependencies(house, [recipe.spec.dist, *also])
+        requires += declared_dependencies(house, [recipe.dist, *also])
     if args.runner == "container":
         run = _run(args)
         workspace = run.workspace
@@ -406,14 +406,14 @@ def cmd_smoke(args: argparse.Namespace) -> int:
         assert isinstance(runner, ContainerRunner)
         runner.check(target)
         result = run_smoke_in_container(
-            runner=runner, target=target, script=recipe.smoke_script, dist=recipe.spec.dist,
+            runner=runner, target=target, script=recipe.smoke_script, dist=recipe.dist,
             version=args.version, wheelhouse=_wheelhouse(args), requires=requires,
             require_gpu=args.require_gpu, scratch=workspace.root / "smoke", also=also,
         )  # fmt: skip
     else:
         result = run_smoke(
             script=recipe.smoke_script,
-            dist=recipe.spec.dist,
+            dist=recipe.dist,
             version=args.version,
             wheelhouse=_wheelhouse(args),
             python=args.python or HostRunner().python(target.python),
@@ -511,7 +511,7 @@ def cmd_check_patches(args: argparse.Namespace) -> int:
     checked = 0
     for name in args.recipes or available_recipes(project):
         recipe = load_recipe(project, name)
-        for version in recipe.spec.versions:
+        for version in recipe.versions:
             series = load_series(project, name, version)
             if not series.patches:
                 continue
@@ -543,7 +543,7 @@ def cmd_check_install(args: argparse.Namespace) -> int:
     target = load_target(project, args.target)
     dists: dict[str, str] = {}
     for name in available_recipes(project):
-        dists[canonicalize_name(load_recipe(project, name).spec.dist)] = name
+        dists[canonicalize_name(load_recipe(project, name).dist)] = name
     results = check(Wheelhouse(_wheelhouse(args)), target, args.projects, dists, args.index_url)
     for result in results:
         mark = "[green]ok[/]" if result.ok else "[red]fails[/]"

@@ -74,6 +74,6 @@ def _closure(project: Path, names: list[str]) -> dict[str, Node]:
         if name in nodes:
             continue
         recipe: Recipe = load_recipe(project, name)
-        nodes[name] = Node(name, recipe.spec.dist, tuple(sorted(recipe.spec.needs)))
-        pending.extend(recipe.spec.needs)
+        nodes[name] = Node(name, recipe.dist, tuple(sorted(recipe.needs)))
+        pending.extend(recipe.needs)
     return nodes

@@ -8,19 +8,17 @@ loaded, so a typo fails before anything is fetched.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import hashlib
 import re
 import shlex
 import string
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import InvalidVersion, Version
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from sparkforge.config.archs import CudaArch, check_arch, parse_arch
 from sparkforge.util.errors import ConfigError, SourceError
@@ -348,8 +346,10 @@ class SmokeSpec(StrictModel):
     dependencies: bool = False
 
 
-class RecipeFile(StrictModel):
-    """The schema of ``recipes/<name>/recipe.toml``."""
+class Recipe(StrictModel):
+    """A recipe: the schema of ``recipes/<name>/recipe.toml`` (its fields) and where it was
+    read from (``path``, ``directory``, ``digest``). One model for the noun: the loader
+    validates the file into it, and every stage reads it."""
 
     name: str = Field(pattern=RECIPE_NAME.pattern)
     dist: str
@@ -370,7 +370,7 @@ class RecipeFile(StrictModel):
     preflight: PreflightSpec = PreflightSpec()
 
     @model_validator(mode="after")
-    def _versions(self) -> RecipeFile:
+    def _versions(self) -> Recipe:
         defaults = [v for v, spec in self.versions.items() if spec.default]
         if len(self.versions) > 1 and len(defaults) != 1:
             raise ValueError("with several versions, exactly one must have default = true")
@@ -388,22 +388,33 @@ class RecipeFile(StrictModel):
                 )
         return self
 
-
-@dataclass(frozen=True)
-class Recipe:
-    """A validated recipe and the files it was read from."""
-
-    spec: RecipeFile
-    path: Path
-    directory: Path
-    digest: str  # sha256 of recipe.toml bytes: a changed recipe makes its lock entry stale
-    # Versions the file does not list, asked for on demand: version -> the listed version
-    # whose settings it borrows (see with_version). Such a combination is unreviewed.
-    derived: dict[str, str] = dataclasses.field(default_factory=dict)
+    # Where the file was read from, and versions asked for on demand that it does not
+    # list: version -> the listed version whose settings it borrows (see with_version).
+    # Such a combination is unreviewed.
+    _path: Path = PrivateAttr(default=Path("recipe.toml"))
+    _digest: str = PrivateAttr(default="")
+    _derived: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @property
-    def name(self) -> str:
-        return self.spec.name
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def directory(self) -> Path:
+        return self._path.parent
+
+    @property
+    def digest(self) -> str:
+        """sha256 of recipe.toml's bytes: a changed recipe makes its lock entry stale."""
+        return self._digest
+
+    @property
+    def derived(self) -> dict[str, str]:
+        return dict(self._derived)
+
+    def _located(self, path: Path, digest: str, derived: dict[str, str]) -> Recipe:
+        self._path, self._digest, self._derived = path, digest, dict(derived)
+        return self
 
     @property
     def smoke_script(self) -> Path:
@@ -412,41 +423,41 @@ class Recipe:
     @property
     def extra_archs(self) -> tuple[CudaArch, ...]:
         where = f"{self.path}: key 'build.cuda_archs'"
-        return tuple(parse_arch(a, where=where) for a in self.spec.build.cuda_archs)
+        return tuple(parse_arch(a, where=where) for a in self.build.cuda_archs)
 
     def build_requires(self, version: str) -> list[str]:
         """The build requirements of ``version``: the shared ones plus its own."""
-        return [*self.spec.build.requires, *self.spec.versions[version].requires]
+        return [*self.build.requires, *self.versions[version].requires]
 
     def build_command(self, version: str) -> list[str]:
-        return self.spec.versions[version].command or self.spec.build.command
+        return self.versions[version].command or self.build.command
 
-    def preflight(self, version: str) -> PreflightSpec:
-        return self.spec.versions[version].preflight or self.spec.preflight
+    def preflight_for(self, version: str) -> PreflightSpec:
+        return self.versions[version].preflight or self.preflight
 
-    def upstream(self, version: str) -> UpstreamSpec:
-        return self.spec.versions[version].upstream or self.spec.upstream
+    def upstream_for(self, version: str) -> UpstreamSpec:
+        return self.versions[version].upstream or self.upstream
 
     def runtime_requires(self, version: str) -> list[str]:
         """What the wheel of ``version`` must declare at run time."""
-        return [*self.spec.runtime.requires, *self.spec.versions[version].runtime]
+        return [*self.runtime.requires, *self.versions[version].runtime]
 
     def need_version(self, version: str, need: str) -> str | None:
         """The version of ``need`` that ``version`` builds against (None: its default)."""
-        return self.spec.versions[version].needs.get(need)
+        return self.versions[version].needs.get(need)
 
     def default_version(self) -> str:
-        for version, spec in self.spec.versions.items():
+        for version, spec in self.versions.items():
             if spec.default:
                 return version
-        return next(iter(self.spec.versions))
+        return next(iter(self.versions))
 
     def version(self, requested: str | None) -> str:
         """The version to build: the requested one (must exist) or the default."""
         if requested is None:
             return self.default_version()
-        if requested not in self.spec.versions:
-            known = ", ".join(self.spec.versions)
+        if requested not in self.versions:
+            known = ", ".join(self.versions)
             raise ConfigError(
                 f"{self.path}: recipe '{self.name}' has no version '{requested}'; known: {known}"
             )
@@ -457,10 +468,10 @@ class Recipe:
         with the settings of the nearest listed release: the newest one not above it, else
         the oldest. A git ref that names its version (``v3.5.0``) is renamed (``v3.6.0``);
         the borrowed version's patches are not carried (they live under its own name)."""
-        if requested in self.spec.versions:
+        if requested in self.versions:
             return self
-        if self.spec.source.path is not None:
-            known = ", ".join(self.spec.versions)
+        if self.source.path is not None:
+            known = ", ".join(self.versions)
             raise ConfigError(
                 f"{self.path}: recipe '{self.name}' has no version '{requested}'; known: {known} "
                 "(its source is a path: only the versions it lists exist)"
@@ -468,13 +479,13 @@ class Recipe:
         try:
             wanted = Version(requested)
         except InvalidVersion:
-            known = ", ".join(self.spec.versions)
+            known = ", ".join(self.versions)
             raise ConfigError(
                 f"--version: '{requested}' is not a release version of {self.name} (known: "
                 f"{known}); give one, e.g. {self.default_version()}"
             ) from None
         listed: list[tuple[Version, str]] = []
-        for name in self.spec.versions:
+        for name in self.versions:
             try:
                 listed.append((Version(name), name))
             except InvalidVersion:
@@ -492,7 +503,7 @@ class Recipe:
             )
         below = [item for item in listed if item[0] <= wanted]
         nearest = max(below)[1] if below else min(listed)[1]
-        base = self.spec.versions[nearest]
+        base = self.versions[nearest]
         ref = base.ref
         if ref is not None:
             if nearest not in ref:
@@ -503,11 +514,11 @@ class Recipe:
                 )
             ref = ref.replace(nearest, requested)
         versions = {
-            **self.spec.versions,
+            **self.versions,
             requested: base.model_copy(update={"ref": ref, "default": False}),
         }
-        spec = self.spec.model_copy(update={"versions": versions})
-        return dataclasses.replace(self, spec=spec, derived={**self.derived, requested: nearest})
+        copy = self.model_copy(update={"versions": versions})
+        return copy._located(self._path, self._digest, {**self._derived, requested: nearest})
 
 
 def available_recipes(project: Path) -> list[str]:
@@ -528,7 +539,7 @@ def load_recipe(project: Path, name: str) -> Recipe:
         hint = f"did you mean '{close[0]}'? " if close else ""
         raise ConfigError(f"no recipe '{name}' ({path} not found); {hint}known recipes: {known}")
     data: dict[str, Any] = read_toml(path, what="recipe")
-    spec = load_model(RecipeFile, path, what="recipe", data=data)
+    spec = load_model(Recipe, path, what="recipe", data=data)
     if spec.name != name:
         raise ConfigError(f"{path}: key 'name': is '{spec.name}' but the directory is '{name}'")
     for need in spec.needs:
@@ -546,7 +557,7 @@ def load_recipe(project: Path, name: str) -> Recipe:
                     f"version '{wanted}'; add it to recipes/{need}/recipe.toml or pin a listed one"
                 )
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return Recipe(spec=spec, path=path, directory=directory, digest=digest)
+    return spec._located(path, digest, {})
 
 
 VersionSpec.model_rebuild()  # its 'preflight' and 'upstream' name models defined after it
@@ -554,7 +565,7 @@ VersionSpec.model_rebuild()  # its 'preflight' and 'upstream' name models define
 
 def source_root(project: Path, recipe: Recipe) -> Path:
     """The directory of a ``path`` source (the probe), which must exist."""
-    rel = recipe.spec.source.path or ""
+    rel = recipe.source.path or ""
     root = (project / rel).resolve()
     if not root.is_dir():
         raise SourceError(f"{recipe.path}: key 'source.path': directory {root} does not exist")

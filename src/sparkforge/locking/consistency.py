@@ -88,7 +88,7 @@ def check(
 ) -> list[str]:
     """Every conflict of this plan, one line each (empty when consistent)."""
     label = f"{recipe.name} {version}"
-    waived = {canonicalize_name(name) for name in recipe.upstream(version).waive}
+    waived = {canonicalize_name(name) for name in recipe.upstream_for(version).waive}
     needed = {canonicalize_name(n.dist): n for n in needs}
     runtime = [r for r in map(Requirement, recipe.runtime_requires(version)) if applies(r, target)]
     conflicts: list[str] = []

@@ -172,7 +172,7 @@ class LockFile(StrictModel):
 
 def inputs_fingerprint(recipe: Recipe, version: str, series: PatchSeries) -> str:
     """What a lock entry was resolved from; a change makes the entry stale."""
-    spec = recipe.spec
+    spec = recipe
     # Keys added after format 1 are left out while unset, so older entries stay current;
     # a version's extra environment changes the build key, not the lock.
     source = spec.source.model_dump(mode="json")
@@ -196,7 +196,7 @@ def inputs_fingerprint(recipe: Recipe, version: str, series: PatchSeries) -> str
         "patches": [(p.name, p.sha256) for p in series.patches],
     }
     # Where upstream's declarations are read from (not the waivers: a plan-time matter).
-    upstream = recipe.upstream(version).model_dump(
+    upstream = recipe.upstream_for(version).model_dump(
         mode="json", exclude={"waive"}, exclude_defaults=True
     )
     if upstream:

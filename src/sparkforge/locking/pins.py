@@ -44,13 +44,13 @@ def resolve(
     previous: LockedSource | None,
 ) -> Resolved:
     """Pin the recipe version's source by content (lock time)."""
-    spec = recipe.spec.source
+    spec = recipe.source
     if spec.path is not None:
         root = source_root(project, recipe)
         locked = LockedSource(kind="path", path=spec.path, tree_sha256=tree_sha256(root))
         return Resolved(locked, path_epoch(root))
     if spec.git is not None:
-        ref = recipe.spec.versions[version].ref or ""
+        ref = recipe.versions[version].ref or ""
         repo = mirror(workspace, spec.git)
         keep = (
             previous is not None and previous.kind == "git" and previous.ref == ref and not upgrade

@@ -137,7 +137,7 @@ def lock_entry(
         pin = resolved.source.commit or resolved.source.sha256 or resolved.source.tree_sha256
         upstream = read_declarations(
             lambda rel: read_locked_file(project, recipe, resolved.source, workspace, rel),
-            recipe.upstream(version),
+            recipe.upstream_for(version),
             built_here(project),
             where=f"{recipe.name} {version} ({resolved.source.kind} {pin})",
         )
@@ -154,7 +154,7 @@ def lock_entry(
 
 def built_here(project: Path) -> list[str]:
     """The distributions this repository's recipes build."""
-    return [load_recipe(project, name).spec.dist for name in available_recipes(project)]
+    return [load_recipe(project, name).dist for name in available_recipes(project)]
 
 
 def resolve_assets(
@@ -167,7 +167,7 @@ def resolve_assets(
     previous: Sequence[LockedAsset],
 ) -> list[LockedAsset]:
     """Pin the version's assets: its own (commit or sha256) and its manifests' (as listed)."""
-    spec = recipe.spec.versions[version]
+    spec = recipe.versions[version]
     kept = {a.name: a for a in previous if a.origin is None}
     assets: list[LockedAsset] = []
     for name, asset in spec.assets.items():

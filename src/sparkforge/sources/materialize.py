@@ -187,8 +187,6 @@ def materialize(
             shutil.copy2(path, target, follow_symlinks=False)
         return
     if locked.kind == "git":
-        _checkout(
-            workspace, str(locked.git), str(locked.commit), dest, recipe.spec.source.submodules
-        )
+        _checkout(workspace, str(locked.git), str(locked.commit), dest, recipe.source.submodules)
         return
     _extract(verified_archive(workspace, str(locked.url), str(locked.sha256)), dest)

@@ -155,7 +155,7 @@ def write(plan: BuildPlan, out: Path, note: Callable[[str], None]) -> tuple[Path
         repos: list[GitSnapshot] = []
         if entry.source.kind == "git":
             repos += git_snapshots(workspace, str(entry.source.git), str(entry.source.commit),
-                                   plan.recipe.spec.source.submodules, ())  # fmt: skip
+                                   plan.recipe.source.submodules, ())  # fmt: skip
         for asset in plan.assets:
             if asset.kind == "git":
                 repos += git_snapshots(workspace, str(asset.git), str(asset.commit),

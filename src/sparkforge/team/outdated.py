@@ -259,9 +259,9 @@ def row_for(
     progress: Progress,
 ) -> Row:
     """One recipe: its locked versions against the index's newest and upstream's wheel."""
-    dist = recipe.spec.dist
+    dist = recipe.dist
     release = newest_release(index, dist)
-    listed = sorted({*recipe.spec.versions, *locked}, key=version_order)
+    listed = sorted({*recipe.versions, *locked}, key=version_order)
     newest_listed = _newest_locked(listed)
     row = Row(
         recipe=recipe.name,
@@ -284,7 +284,7 @@ def row_for(
         row.answer = "not judged (--no-audit)"
         return row
     verdict = judge_upstream(
-        wheel, target, cuda_required=recipe.spec.cuda, cache=cache, scratch=scratch,
+        wheel, target, cuda_required=recipe.cuda, cache=cache, scratch=scratch,
         progress=progress,
     )  # fmt: skip
     row.verdict, row.runs = verdict["verdict"], verdict["runs"]

@@ -267,11 +267,11 @@ def check_gpu(ctx: Context) -> Check:
 
 
 def check_disk(ctx: Context) -> Check:
-    need = sum(r.spec.disk_gb for r in ctx.recipes)
+    need = sum(r.disk_gb for r in ctx.recipes)
     places = {"workspace": ctx.workspace, "wheelhouse": ctx.wheelhouse}
     free = {label: ctx.host.disk_free_gb(path) for label, path in places.items()}
     found = "; ".join(f"{label} {places[label]}: {gb:.1f} GB free" for label, gb in free.items())
-    wants = ", ".join(f"{r.name} {_gb(r.spec.disk_gb)}" for r in ctx.recipes)
+    wants = ", ".join(f"{r.name} {_gb(r.disk_gb)}" for r in ctx.recipes)
     short = [label for label, gb in free.items() if gb < need]
     if short:
         return Check(
@@ -287,8 +287,8 @@ def check_disk(ctx: Context) -> Check:
 def check_memory(ctx: Context) -> Check:
     available = ctx.host.mem_available_gb()
     shared = "DGX Spark's CPU and GPU share this memory"
-    biggest = max(ctx.recipes, key=lambda r: r.spec.memory_per_job_gb)
-    per_job = biggest.spec.memory_per_job_gb
+    biggest = max(ctx.recipes, key=lambda r: r.memory_per_job_gb)
+    per_job = biggest.memory_per_job_gb
     if available < per_job:
         return Check(
             "memory",
@@ -298,7 +298,7 @@ def check_memory(ctx: Context) -> Check:
             f"free memory (stop other work; {shared}, so GPU jobs count) or build on a bigger machine",
         )
     jobs = ", ".join(
-        f"{r.name} {ctx.host.jobs(r.spec.memory_per_job_gb)} jobs of {_gb(r.spec.memory_per_job_gb)}"
+        f"{r.name} {ctx.host.jobs(r.memory_per_job_gb)} jobs of {_gb(r.memory_per_job_gb)}"
         for r in ctx.recipes
     )
     note = f" ({shared}: GPU jobs lower it)" if ctx.target.machine == "aarch64" else ""

@@ -31,7 +31,7 @@ def needed_wheels(plan: BuildPlan, upstream: BuildLog | None = None) -> list[Pat
         if found is None and key:
             found = plan.workspace.bundle_need(key)
         if found is None and upstream is not None:
-            dist = load_recipe(plan.project, need).spec.dist
+            dist = load_recipe(plan.project, need).dist
             version = plan.need_versions.get(need, "")
             published = upstream_wheels(dist, version, python=plan.target.python,
                                         manylinux=plan.target.manylinux,
