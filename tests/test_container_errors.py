@@ -75,9 +75,33 @@ def test_unpinned_base_is_refused(
     result = _container_build(cli, tiny, tmp_path / "ws")
     one_error_line(
         result,
-        r"builder base image localhost/base:1 is not pinned in lock\.toml; run `nox -s lock -- --builder`",
+        r"builder base image localhost/base:1 is not pinned in lock\.toml; run "
+        r"`nox -s lock -- --builder --base-image localhost/base:1`",
     )
     assert snapshot(tiny / "wheelhouse") == before
+
+
+def test_the_way_from_an_unpinned_base_to_a_pinned_one(
+    cli: CliRunner, tiny: Path, tmp_path: Path, fake_podman: Path
+) -> None:
+    """The command the refusal names pins the base (only lock.toml's [builder] changes),
+    and the same build then gets past the pin check (to the fake engine's next refusal)."""
+    lock = tiny / "lock.toml"
+    before = lock.read_text()
+    pinned = cli("lock", "--builder", "--base-image", "localhost/base:1", "--engine", "podman",
+                 "--project", tiny, "--workspace", tmp_path / "ws")  # fmt: skip
+    assert pinned.code == 0, pinned.err
+    assert "pinned builder base localhost/base:1: sha256:1111" in pinned.out
+    after = lock.read_text()
+    added = '[builder]\n"localhost/base:1" = "sha256:' + "1" * 64 + '"\n'
+    assert added in after and after.replace(added, "").replace("\n\n\n", "\n\n") == before
+    result = _container_build(cli, tiny, tmp_path / "ws")
+    one_error_line(result, r"podman cannot start a container here")  # past the pin check
+
+
+def test_base_image_without_builder_is_one_line(cli: CliRunner, tiny: Path) -> None:
+    result = cli("lock", "--base-image", "localhost/base:1", "--project", tiny)
+    one_error_line(result, r"lock --base-image: add --builder")
 
 
 def test_changed_base_is_refused(

@@ -17,6 +17,10 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, build_with_runners, copy_project
+from sparkforge.building.containers import BuilderImage, find_engine, load_engine_settings
+from sparkforge.building.runners import ContainerRunner
+from sparkforge.util.proc import TimeLimitExceeded
+from sparkforge.util.workspace import Workspace
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 
@@ -154,3 +158,31 @@ def test_docker_container_build_equals_the_host_build(
         wheels["docker"].parent / (wheels["docker"].name + ".provenance.json")
     ).read_text()
     assert '"engine": "docker"' in provenance
+
+
+def test_stopping_a_container_command_removes_the_container(
+    docker: str, standin: str, tmp_path: Path
+) -> None:
+    """A build command in a container, stopped (here by the time limit; Ctrl-C, SIGTERM and
+    SIGHUP take the same path): the container is removed with what runs in it, instead of
+    compiling on after the engine client is gone."""
+    settings = load_engine_settings(REPO, REPO / "ci" / "engines.toml")
+    engine = find_engine("docker", settings)
+    image_id = subprocess.run([docker, "image", "inspect", "--format", "{{.Id}}", standin],
+                              capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    runner = ContainerRunner(engine=engine, dockerfile=REPO / "Dockerfile.builder",
+                             base_image=standin, locked_digest=None, allow_unpinned=True,
+                             workspace=Workspace(tmp_path / "ws"))  # fmt: skip
+    runner.image = BuilderImage(tag=standin, image_id=image_id, base_image=standin,
+                                base_digest=image_id, platform="linux/amd64")  # fmt: skip
+    (tmp_path / "ws").mkdir()
+    lines: list[str] = []
+    started = time.monotonic()
+    with pytest.raises(TimeLimitExceeded):
+        runner.run(["sh", "-c", "echo started; sleep 300"], env={}, cwd=tmp_path / "ws",
+                   sink=lines.append, timeout=20)  # fmt: skip
+    assert time.monotonic() - started < 90 and "started" in lines
+    left = subprocess.run([docker, "ps", "--all", "--quiet", "--filter", "name=sparkforge-",
+                           "--filter", f"ancestor={standin}"], capture_output=True, text=True,
+                          check=True).stdout.split()  # fmt: skip
+    assert left == [], "the container outlived the stopped command"

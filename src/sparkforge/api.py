@@ -26,10 +26,15 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from rich.console import Console
 
-from sparkforge.building.containers import base_digest, find_engine, load_engine_settings
+from sparkforge.building.containers import (
+    base_digest,
+    find_engine,
+    image_id,
+    load_engine_settings,
+)
 from sparkforge.building.plan import BuildOptions, BuildPlan
 from sparkforge.building.plan import plan as make_plan
-from sparkforge.building.runners import ContainerRunner, HostRunner, Runner
+from sparkforge.building.runners import PLATFORMS, ContainerRunner, HostRunner, Runner
 from sparkforge.config.archs import CudaArch, parse_arch
 from sparkforge.config.graph import recipe_levels
 from sparkforge.config.patches import load_series
@@ -415,10 +420,11 @@ class Run:
 
     def lock(self, recipes: Sequence[str] = (), *, upgrade: Sequence[str] = (),
              versions: Sequence[str] = (), builder: bool = False,
-             targets: Sequence[str] = ()) -> Path:  # fmt: skip
+             targets: Sequence[str] = (), base_images: Sequence[str] = ()) -> Path:  # fmt: skip
         """Pin every input by content into lock.toml: each recipe's listed versions (or
         those of ``recipes``; ``upgrade`` re-resolves moving refs), ``versions`` more of the
-        one recipe named, and with ``builder`` the builder base images' digests. Returns
+        one recipe named, and with ``builder`` the builder base images' digests (of
+        ``targets``, or the images ``base_images`` names), pulled first when missing. Returns
         the lock file's path; nothing is written when anything fails."""
         project = self.project
         lock_path = project / "lock.toml"
@@ -429,12 +435,20 @@ class Run:
             engine = find_engine(
                 self.settings.engine, load_engine_settings(project, self.settings.engines)
             )
-            for name in targets or available_targets(project):
-                ref = load_target(project, name).builder_image
+            wanted: list[tuple[str, Target | None]] = [(ref, None) for ref in base_images] or [
+                (load_target(project, name).builder_image, load_target(project, name))
+                for name in targets or available_targets(project)
+            ]
+            for ref, target in wanted:
+                if image_id(engine, ref) is None:
+                    platform: list[str] = (
+                        ["--platform", PLATFORMS[target.machine]] if target else []
+                    )
+                    with self.console.status(f"pulling {ref} to pin it"):
+                        engine.output("pull", *platform, ref, timeout=3600)
                 lock.builder[ref] = base_digest(engine, ref)
-                self.console.print(
-                    f"pinned builder base {ref}: {lock.builder[ref]} (target {name})"
-                )
+                why = f"target {target.name}" if target else "--base-image"
+                self.console.print(f"pinned builder base {ref}: {lock.builder[ref]} ({why})")
             if not recipes and not upgrade:
                 write_lock(lock_path, lock)
                 self.console.print(f"wrote {lock_path}")

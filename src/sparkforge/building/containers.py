@@ -9,12 +9,14 @@ is reused until the Dockerfile, the base image or a build argument changes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,8 +187,9 @@ def ensure_image(
     if locked_digest is None and not allow_unpinned:
         raise ContainerError(
             f"builder base image {spec.base_image} is not pinned in lock.toml; run "
-            "`nox -s lock -- --builder` where the image is available, or pass --allow-unpinned-base "
-            "(recorded in provenance)"
+            f"`nox -s lock -- --builder --base-image {spec.base_image}` (pulls it if needed and "
+            "adds its digest to lock.toml's [builder] table, nothing else), or pass "
+            "--allow-unpinned-base (recorded in provenance)"
         )
     if image_id(engine, spec.base_image) is None:
         sink(f"[sparkforge] pulling {spec.base_image}")
@@ -246,10 +249,12 @@ def run_argv(
     mounts: Sequence[Path],
     gpus: bool,
     network: bool,
+    name: str,
 ) -> list[str]:
-    """The engine command line that runs ``argv`` in the builder image."""
-    options = ["run", "--rm", *engine.settings.run_args, "--platform", image.platform,
-               "--user", f"{os.getuid()}:{os.getgid()}", "--workdir", str(cwd)]  # fmt: skip
+    """The engine command line that runs ``argv`` in the builder image, as container
+    ``name`` (so that stopping the build can remove it, see :func:`remove_container`)."""
+    options = ["run", "--rm", "--name", name, *engine.settings.run_args, "--platform",
+               image.platform, "--user", f"{os.getuid()}:{os.getgid()}", "--workdir", str(cwd)]  # fmt: skip
     if not network:
         options += ["--network", "none"]
     if gpus:
@@ -259,6 +264,20 @@ def run_argv(
     for key, value in env.items():
         options += ["--env", f"{key}={value}"]
     return engine.argv(*options, image.tag, *argv)
+
+
+def container_name() -> str:
+    """A name for one build command's container, unique on this host."""
+    return f"sparkforge-{uuid.uuid4().hex[:16]}"
+
+
+def remove_container(engine: Engine, name: str) -> None:
+    """Stop and remove container ``name`` with everything running in it (``rm -f``).
+
+    Stopping the engine client is not enough: the container, and the compilers in it,
+    would go on. A container already gone is fine."""
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        subprocess.run(engine.argv("rm", "--force", name), capture_output=True, timeout=60)
 
 
 CDI_SPECS = (Path("/etc/cdi/nvidia.yaml"), Path("/var/run/cdi/nvidia.yaml"))

@@ -33,7 +33,9 @@ from sparkforge.building.containers import (
     Engine,
     ImageSpec,
     check_usable,
+    container_name,
     ensure_image,
+    remove_container,
     run_argv,
 )
 from sparkforge.config.targets import Target
@@ -421,6 +423,10 @@ class ContainerRunner:
         """Build steps get no GPU and no network; smoke tests ask for both."""
         if self.image is None:
             raise ContainerError("the builder image is not ready (prepare() was not called)")
+        name = container_name()
         command = run_argv(self.engine, self.image, argv, env=dict(env), cwd=cwd,
-                           mounts=(self.workspace.root, *extra_mounts), gpus=gpus, network=network)  # fmt: skip
-        return stream(command, env=None, cwd=None, sink=sink, timeout=timeout)
+                           mounts=(self.workspace.root, *extra_mounts), gpus=gpus,
+                           network=network, name=name)  # fmt: skip
+        # Ctrl-C, SIGTERM, SIGHUP or the time limit: the container goes, and what runs in it.
+        return stream(command, env=None, cwd=None, sink=sink, timeout=timeout,
+                      on_stop=lambda: remove_container(self.engine, name))  # fmt: skip

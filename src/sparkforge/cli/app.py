@@ -277,7 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also lock this upstream release, which the recipe does not list "
                            "(settings of the nearest listed one; unreviewed)")  # fmt: skip
     lock.add_argument("--builder", action="store_true",
-                      help="pin the targets' builder base images (needs docker or podman with the image)")  # fmt: skip
+                      help="pin the targets' builder base images (pulled when missing; only "
+                           "lock.toml's [builder] table changes)")  # fmt: skip
+    lock.add_argument("--base-image", action="append", default=[], dest="pin_base",
+                      metavar="IMAGE", help="with --builder: pin this image (as given to "
+                      "build --base-image) instead of the targets' own")  # fmt: skip
     lock.add_argument(
         "--target", action="append", default=[], help="with --builder: only these targets"
     )

@@ -443,8 +443,11 @@ def cmd_smoke(args: argparse.Namespace) -> int:
 
 
 def cmd_lock(args: argparse.Namespace) -> int:
+    if args.pin_base and not args.builder:
+        raise ConfigError("lock --base-image: add --builder (it pins builder base images)")
     _run(args).lock(args.recipes, upgrade=args.upgrade, versions=args.version,
-                    builder=args.builder, targets=args.target or ())  # fmt: skip
+                    builder=args.builder, targets=args.target or (),
+                    base_images=args.pin_base)  # fmt: skip
     return 0
 
 

@@ -22,8 +22,10 @@ class TimeLimitExceeded(Exception):
     """A command ran past its time limit and was stopped."""
 
 
-def _stop(process: subprocess.Popen[str]) -> None:
-    """SIGTERM to the command's whole process group, SIGKILL if it lingers."""
+def _stop(process: subprocess.Popen[str], on_stop: Callable[[], None] | None = None) -> None:
+    """``on_stop``, then SIGTERM to the command's whole process group, SIGKILL if it lingers."""
+    if on_stop is not None:
+        on_stop()
     for sig in (signal.SIGTERM, signal.SIGKILL):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, sig)
@@ -36,10 +38,11 @@ def _stop(process: subprocess.Popen[str]) -> None:
 
 def stream(
     argv: list[str], *, env: dict[str, str] | None, cwd: Path | None, sink: LineSink,
-    timeout: float | None = None,
+    timeout: float | None = None, on_stop: Callable[[], None] | None = None,
 ) -> int:  # fmt: skip
-    """Run ``argv``, every output line to ``sink``; Ctrl-C and the time limit stop
-    the child and everything it started (its own process group)."""
+    """Run ``argv``, every output line to ``sink``; Ctrl-C (and SIGTERM/SIGHUP, which the
+    CLI turns into it) and the time limit stop the child and everything it started (its
+    own process group), after ``on_stop`` (a container runner removes its container)."""
     process = subprocess.Popen(
         argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL, bufsize=1, text=True, errors="replace", start_new_session=True,
@@ -56,10 +59,10 @@ def stream(
     try:
         return process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        _stop(process)
+        _stop(process, on_stop)
         raise TimeLimitExceeded from None
     except KeyboardInterrupt:
-        _stop(process)
+        _stop(process, on_stop)
         raise
     finally:
         reader.join()
