@@ -77,7 +77,9 @@ def test_an_unwritable_wheelhouse_is_one_line(cli: CliRunner, tiny: Path, tmp_pa
     ("argv", "hint"),
     [(["biuld", "tiny"], "did you mean 'build'?"),
      (["build", "tinny", "--dry-run"], "did you mean 'tiny'?"),
-     (["build", "tiny", "--target", "hoper", "--dry-run"], "did you mean 'hopper'?")],
+     (["build", "tiny", "--target", "hoper", "--dry-run"], "did you mean 'hopper'?"),
+     (["build", "tiny", "--dryrun"], "did you mean '--dry-run' for '--dryrun'?"),
+     (["build-all", "--no-preflite"], "did you mean '--no-preflight' for '--no-preflite'?")],
 )  # fmt: skip
 def test_misspelled_names_get_a_suggestion(
     cli: CliRunner, tiny: Path, argv: list[str], hint: str

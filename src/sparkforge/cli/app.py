@@ -56,6 +56,25 @@ def _did_you_mean(message: str) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """parse_args, with a suggestion for a misspelled option of the chosen command."""
+    args, extra = parser.parse_known_args(argv)
+    if not extra:
+        return args
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    command = subparsers.choices[args.command]
+    known = [flag for action in command._actions for flag in action.option_strings]
+    hints = []
+    for word in extra:
+        flag = word.split("=", 1)[0]
+        close = difflib.get_close_matches(flag, known, n=1) if flag.startswith("-") else []
+        if close:
+            hints.append(f"did you mean '{close[0]}' for '{flag}'?")
+    hint = f" ({'; '.join(hints)})" if hints else ""
+    raise ConfigError(f"{command.prog}: unrecognized arguments: {' '.join(extra)}{hint}; "
+                      f"see `{command.prog} --help`")  # fmt: skip
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--project", type=Path, default=Path.cwd(), help="project directory (default: .)"
@@ -431,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         previous = {sig: signal.signal(sig, _terminate) for sig in handled}
     try:
-        args = build_parser().parse_args(argv)
+        args = _parse(build_parser(), argv)
         return int(args.func(args))
     except SparkforgeError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
