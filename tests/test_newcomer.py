@@ -132,3 +132,44 @@ def test_list_and_clean(cli: CliRunner, tiny: Path, tmp_path: Path) -> None:
     assert len(list((tiny / "wheelhouse" / "files").glob("*.whl"))) == 1
     bad = cli("clean", "--older-than", "-1", *common)
     assert bad.code == 2 and "is not a number of days" in bad.err
+
+
+FAKE_ENGINE = """#!/bin/sh
+# A stand-in docker holding two builder images and an unrelated one; `image rm` is recorded.
+case "$*" in
+  *"image ls --filter reference=localhost/sparkforge-builder"*)
+      printf 'localhost/sparkforge-builder:aaaaaaaaaaaa\\nlocalhost/sparkforge-builder:bbbbbbbbbbbb\\n' ;;
+  *"image inspect --format {{.Id}}|{{.Size}}|{{.Created}} localhost/sparkforge-builder:aaaaaaaaaaaa"*)
+      echo "sha256:aa|9000000000|2020-01-02T03:04:05.123456789Z" ;;
+  *"image inspect --format {{.Id}}|{{.Size}}|{{.Created}} localhost/sparkforge-builder:bbbbbbbbbbbb"*)
+      echo "sha256:bb|5000000|$(date -u -d '1 day ago' '+%Y-%m-%d %H:%M:%S').5 +0000 UTC" ;;
+  *"image rm "*) echo "$*" >> "$FAKE_STATE/removed" ;;
+  *) exit 1 ;;
+esac
+"""
+
+
+def test_clean_builder_images_by_age_and_size(
+    cli: CliRunner, tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`clean --what images` removes the builder images the container runner made, the old
+    and big ones only when asked so; docker's and podman's time formats both read."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text(FAKE_ENGINE)
+    (bin_dir / "docker").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.setenv("FAKE_STATE", str(tmp_path))
+    common = ["--what", "images", "--engine", "docker", "--project", tiny,
+              "--workspace", tmp_path / "ws"]  # fmt: skip
+    dry = cli("clean", "--dry-run", *common)
+    assert dry.code == 0, dry.err
+    assert "would remove localhost/sparkforge-builder:aaaaaaaaaaaa (9000.0 MB)" in dry.out
+    assert "would remove localhost/sparkforge-builder:bbbbbbbbbbbb (5.0 MB)" in dry.out
+    assert not (tmp_path / "removed").exists()
+    big = cli("clean", "--dry-run", "--larger-than", "100", *common)
+    assert "aaaaaaaaaaaa" in big.out and "bbbbbbbbbbbb" not in big.out
+    old = cli("clean", "--older-than", "30", *common)  # the other image is a day old
+    assert old.code == 0, old.err
+    assert (tmp_path / "removed").read_text().split() == [
+        "image", "rm", "localhost/sparkforge-builder:aaaaaaaaaaaa"]  # fmt: skip

@@ -18,6 +18,7 @@ line each); progress is printed to the console, results are returned.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -491,6 +492,78 @@ class Run:
         write_lock(lock_path, lock)
         self.console.print(f"wrote {lock_path}")
         return lock_path
+
+
+# ------------------------------------------------------------------ cleaning
+
+#: What ``clean`` removes, by kind: never the wheelhouse, lock, downloads, mirrors or ccache.
+CLEANABLE = {
+    "scratch": "build trees kept after a failure or --keep-build-dir (workspace builds/, tmp/)",
+    "envs": "build venvs (workspace envs/; made again from the lock when needed)",
+    "verdicts": "cached verdicts of upstream wheels (workspace verdicts/)",
+    "images": "builder images (localhost/sparkforge-builder:*; built again when needed)",
+}
+
+
+@dataclass(frozen=True)
+class Cleanable:
+    kind: str
+    what: str  # a path, or an image reference
+    size: int
+    changed: float  # last change (files) or creation (images), seconds since the epoch
+
+
+def _size_of(path: Path) -> int:
+    if path.is_symlink() or not path.is_dir():
+        return path.lstat().st_size
+    return sum(p.lstat().st_size for p in path.rglob("*") if not p.is_symlink() and p.is_file())
+
+
+def cleanable(run: Run, kinds: Sequence[str], *, older_than_days: float = 0.0,
+              larger_than_bytes: int = 0) -> list[Cleanable]:  # fmt: skip
+    """What ``clean`` would remove: of ``kinds``, last changed at least ``older_than_days``
+    ago and at least ``larger_than_bytes`` big."""
+    unknown = [k for k in kinds if k not in CLEANABLE]
+    if unknown:
+        raise ConfigError(f"--what: no kind '{unknown[0]}'; kinds: {', '.join(CLEANABLE)}")
+    workspace = run.workspace
+    folders = {"scratch": [workspace.builds, workspace.root / "tmp"], "envs": [workspace.envs],
+               "verdicts": [workspace.root / "verdicts"]}  # fmt: skip
+    found: list[Cleanable] = []
+    for kind in kinds:
+        if kind == "images":
+            from sparkforge.building.containers import builder_images
+
+            engine = find_engine(run.settings.engine,
+                                 load_engine_settings(run.project, run.settings.engines))  # fmt: skip
+            found += [Cleanable(kind, image.ref, image.size, image.created)
+                      for image in builder_images(engine)]  # fmt: skip
+            continue
+        for folder in folders[kind]:
+            for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
+                found.append(Cleanable(kind, str(entry), _size_of(entry), entry.lstat().st_mtime))
+    cutoff = time.time() - older_than_days * 86400
+    return [c for c in found if c.changed <= cutoff and c.size >= larger_than_bytes]
+
+
+def clean(run: Run, items: Sequence[Cleanable]) -> None:
+    """Remove ``items`` (from :func:`cleanable`), never under a running build."""
+    with run.workspace.exclusive(wait=False, note=run.console.print):
+        engine = None
+        for item in items:
+            if item.kind == "images":
+                from sparkforge.building.containers import remove_image
+
+                engine = engine or find_engine(
+                    run.settings.engine, load_engine_settings(run.project, run.settings.engines)
+                )
+                remove_image(engine, item.what)
+                continue
+            path = Path(item.what)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------- the public calls

@@ -19,6 +19,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import Field
@@ -148,7 +149,49 @@ class ImageSpec:
             "base": self.base_image, "platform": self.platform, "args": self.build_args,
             "tools": tools,
         }, sort_keys=True)  # fmt: skip
-        return f"localhost/sparkforge-builder:{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+        return f"{BUILDER_REPOSITORY}:{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+BUILDER_REPOSITORY = "localhost/sparkforge-builder"
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """A builder image the engine holds: its tag, id, size and creation time."""
+
+    ref: str
+    image_id: str
+    size: int
+    created: float  # seconds since the epoch
+
+
+def builder_images(engine: Engine) -> list[StoredImage]:
+    """The builder images sparkforge made (``localhost/sparkforge-builder:*``)."""
+    listed = engine.output("image", "ls", "--filter", f"reference={BUILDER_REPOSITORY}",
+                           "--format", "{{.Repository}}:{{.Tag}}")  # fmt: skip
+    images = []
+    for ref in sorted(set(listed.split())):
+        if not ref.startswith(f"{BUILDER_REPOSITORY}:"):
+            continue
+        fields = engine.output("image", "inspect", "--format", "{{.Id}}|{{.Size}}|{{.Created}}",
+                               ref).strip().split("|")  # fmt: skip
+        if len(fields) != 3 or not fields[1].isdigit():
+            raise ContainerError(f"`{engine.name} image inspect {ref}` answered {fields!r}")
+        images.append(StoredImage(ref, fields[0], int(fields[1]), _created(fields[2])))
+    return images
+
+
+def _created(text: str) -> float:
+    """docker's ``2026-11-30T17:00:00.1Z`` and podman's ``2026-11-30 17:00:00.1 +0000 UTC``."""
+    stamp = text.strip().replace("T", " ")[:19]
+    try:
+        return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        raise ContainerError(f"cannot read an image's creation time {text!r}") from None
+
+
+def remove_image(engine: Engine, ref: str) -> None:
+    engine.output("image", "rm", ref)
 
 
 def image_id(engine: Engine, ref: str) -> str | None:

@@ -121,6 +121,10 @@ def _seconds(text: str) -> float:
     return _number(text, what="a positive number of seconds", zero=False)
 
 
+def _megabytes(text: str) -> float:
+    return _number(text, what="a size in MB", zero=True)
+
+
 def _days(text: str) -> float:
     """``--older-than``: a number of days, 0 or more."""
     return _number(text, what="a number of days (0 or more)", zero=True)
@@ -409,10 +413,16 @@ def build_parser() -> argparse.ArgumentParser:
     listing.set_defaults(func=_lazy("cmd_list"))
 
     clean = sub.add_parser(
-        "clean", help="remove old build trees, build venvs or cached verdicts from the workspace"
+        "clean", help="remove old build trees, build venvs, cached verdicts or builder images"
     )
-    clean.add_argument("--what", action="append", choices=["scratch", "envs", "verdicts"],
-                       help="what to remove (repeatable; default: scratch)")  # fmt: skip
+    clean.add_argument("--what", action="append",
+                       choices=["scratch", "envs", "verdicts", "images"],
+                       help="what to remove (repeatable; default: scratch); images: the "
+                            "builder images the container runner made")  # fmt: skip
+    clean.add_argument("--larger-than", type=_megabytes, default=0.0, metavar="MB",
+                       help="only items of at least this many MB (default: 0)")  # fmt: skip
+    clean.add_argument("--engine", help="container engine for --what images")
+    clean.add_argument("--engines", type=Path, help="engine settings file")
     clean.add_argument("--older-than", type=_days, default=0.0, metavar="DAYS",
                        help="only what was last changed this many days ago or more (default: 0)")  # fmt: skip
     clean.add_argument("--dry-run", action="store_true", help="list what would go; remove nothing")

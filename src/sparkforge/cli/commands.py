@@ -309,51 +309,27 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-_CLEANABLE = {
-    "scratch": "build trees kept after a failure or --keep-build-dir (workspace builds/, tmp/)",
-    "envs": "build venvs (workspace envs/; made again from the lock when needed)",
-    "verdicts": "cached verdicts of upstream wheels (workspace verdicts/)",
-}
-
-
 def cmd_clean(args: argparse.Namespace) -> int:
-    """Remove what the workspace keeps, by kind and age; --dry-run lists it and removes
-    nothing. The wheelhouse, lock, downloads, git mirrors and ccache are never touched."""
-    workspace = Workspace.locate(args.workspace)
+    """Remove what the workspace (and the container engine) keeps, by kind, age and size;
+    --dry-run lists it and removes nothing. The wheelhouse, lock, downloads, git mirrors
+    and ccache are never touched."""
+    from sparkforge.api import clean, cleanable
+
+    run = _run(args)
     kinds = args.what or ["scratch"]
-    unknown = [k for k in kinds if k not in _CLEANABLE]
-    if unknown:
-        raise ConfigError(f"--what: no kind '{unknown[0]}'; kinds: {', '.join(_CLEANABLE)}")
-    folders = {"scratch": [workspace.builds, workspace.root / "tmp"], "envs": [workspace.envs],
-               "verdicts": [workspace.root / "verdicts"]}  # fmt: skip
-    cutoff = time.time() - args.older_than * 86400
-    found: list[tuple[Path, int]] = []
-    for kind in kinds:
-        for folder in folders[kind]:
-            for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
-                if entry.lstat().st_mtime <= cutoff:
-                    found.append((entry, _size_of(entry)))
-    total = sum(size for _, size in found)
+    items = cleanable(run, kinds, older_than_days=args.older_than,
+                      larger_than_bytes=int(args.larger_than * 1e6))  # fmt: skip
     verb = "would remove" if args.dry_run else "removing"
-    for path, size in found:
-        console.print(f"{verb} {path} ({size / 1e6:.1f} MB)", markup=False)
-    if not args.dry_run and found:
-        with workspace.exclusive(wait=False, note=console.print):  # never under a running build
-            for path, _ in found:
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink(missing_ok=True)
+    for item in items:
+        console.print(f"{verb} {item.what} ({item.size / 1e6:.1f} MB)", markup=False)
+    if not args.dry_run and items:
+        clean(run, items)
+    total = sum(item.size for item in items)
+    size = f" and of {args.larger_than:g} MB or more" if args.larger_than else ""
     console.print(f"{'would free' if args.dry_run else 'freed'} {total / 1e9:.2f} GB in "
-                  f"{len(found)} item(s) of {', '.join(kinds)} older than {args.older_than:g} "
-                  f"day(s) under {workspace.root}")  # fmt: skip
+                  f"{len(items)} item(s) of {', '.join(kinds)} older than {args.older_than:g} "
+                  f"day(s){size} (workspace {run.workspace.root})")  # fmt: skip
     return 0
-
-
-def _size_of(path: Path) -> int:
-    if path.is_symlink() or not path.is_dir():
-        return path.lstat().st_size
-    return sum(p.lstat().st_size for p in path.rglob("*") if not p.is_symlink() and p.is_file())
 
 
 def cmd_verify_repro(args: argparse.Namespace) -> int:
