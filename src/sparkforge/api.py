@@ -41,7 +41,7 @@ from sparkforge.config.graph import recipe_levels
 from sparkforge.config.patches import load_series
 from sparkforge.config.recipes import Recipe, available_recipes, load_recipe
 from sparkforge.config.targets import Target, available_targets, load_target
-from sparkforge.locking.lockfile import LockEntry, entry_for, read_lock, write_lock
+from sparkforge.locking.lockfile import LockEntry, LockFile, entry_for, read_lock, updating
 from sparkforge.locking.resolve import lock_entry, lock_on_demand
 from sparkforge.pipeline import execute, up_to_date
 from sparkforge.util.errors import ConfigError, LockError, SparkforgeError
@@ -277,9 +277,8 @@ class Run:
                 f"resolved {recipe.name} {version} on demand: {entry.source.kind} {pin} (settings "
                 f"of {borrowed}; unreviewed); a dry run leaves lock.toml as is", markup=False)  # fmt: skip
             return entry
-        lock = read_lock(lock_path)
-        lock.recipes.setdefault(recipe.name, {})[version] = entry
-        write_lock(lock_path, lock)
+        with updating(lock_path) as lock:
+            lock.recipes.setdefault(recipe.name, {})[version] = entry
         self.notes.print(
             f"locked {recipe.name} {version} on demand into {lock_path}: {entry.source.kind} "
             f"{pin} (settings of {borrowed}; unreviewed)", markup=False)  # fmt: skip
@@ -292,9 +291,8 @@ class Run:
         with self.console.status(f"locking {recipe.name} {version} on demand"):
             entry = lock_on_demand(self.project, derived, version, targets, self.workspace)
         lock_path = self.project / "lock.toml"
-        lock = read_lock(lock_path)
-        lock.recipes.setdefault(recipe.name, {})[version] = entry
-        write_lock(lock_path, lock)
+        with updating(lock_path) as lock:
+            lock.recipes.setdefault(recipe.name, {})[version] = entry
         self.notes.print(
             f"locked {recipe.name} {version} on demand into {lock_path} (settings of "
             f"{derived.derived.get(version, version)}; unreviewed)", markup=False)  # fmt: skip
@@ -427,9 +425,17 @@ class Run:
         one recipe named, and with ``builder`` the builder base images' digests (of
         ``targets``, or the images ``base_images`` names), pulled first when missing. Returns
         the lock file's path; nothing is written when anything fails."""
+        lock_path = self.project / "lock.toml"
+        with updating(lock_path) as lock:  # one writer at a time; nothing written on an error
+            self._lock_into(lock, recipes, upgrade=upgrade, versions=versions, builder=builder,
+                            targets=targets, base_images=base_images)  # fmt: skip
+        self.console.print(f"wrote {lock_path}")
+        return lock_path
+
+    def _lock_into(self, lock: LockFile, recipes: Sequence[str], *, upgrade: Sequence[str],
+                   versions: Sequence[str], builder: bool, targets: Sequence[str],
+                   base_images: Sequence[str]) -> None:  # fmt: skip
         project = self.project
-        lock_path = project / "lock.toml"
-        lock = read_lock(lock_path)
         # `lock --upgrade triton` alone re-resolves triton only; plain `lock` does every recipe.
         names = list(recipes) or ([] if upgrade else available_recipes(project))
         if builder:
@@ -451,9 +457,7 @@ class Run:
                 why = f"target {target.name}" if target else "--base-image"
                 self.console.print(f"pinned builder base {ref}: {lock.builder[ref]} ({why})")
             if not recipes and not upgrade:
-                write_lock(lock_path, lock)
-                self.console.print(f"wrote {lock_path}")
-                return lock_path
+                return
         for name in upgrade:
             if name not in names:
                 names.append(name)
@@ -489,9 +493,6 @@ class Run:
         for name in [n for n in lock.recipes if n not in available_recipes(project)]:
             del lock.recipes[name]
             self.console.print(f"dropped {name} (no such recipe)")
-        write_lock(lock_path, lock)
-        self.console.print(f"wrote {lock_path}")
-        return lock_path
 
 
 # ------------------------------------------------------------------ cleaning

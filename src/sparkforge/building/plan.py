@@ -596,8 +596,13 @@ def prepare(plan: BuildPlan, log: BuildLog, *, local_wheels: Sequence[Path]) -> 
     with log.phase("environment"):
         for need, site in plan.installed_needs.items():
             log.note(f"{need} {plan.need_versions[need]}: the installed one at {site} (unreviewed)")
+        copies = []  # into the build directory: the runner (a container, too) sees it
+        for wheel in local_wheels:
+            copies.append(plan.build_dir / "needs" / wheel.name)
+            copies[-1].parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(wheel, copies[-1])
         plan.runner.make_env(plan.target, plan.lock.build_requires, plan.env_dir, plan.workspace,
-                             log.line, local_wheels=list(local_wheels),
+                             log.line, local_wheels=copies,
                              site_dirs=sorted(set(plan.installed_needs.values())))  # fmt: skip
     return toolchain
 

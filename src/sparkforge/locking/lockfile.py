@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +24,7 @@ from sparkforge.config.patches import PatchSeries
 from sparkforge.config.recipes import Recipe
 from sparkforge.util.digest import SHA1_HEX
 from sparkforge.util.errors import LockError
+from sparkforge.util.files import exclusive, write_atomic
 from sparkforge.util.models import StrictModel, describe_validation_error
 from sparkforge.util.tomlfile import parse_toml
 
@@ -247,11 +248,18 @@ def write_lock(path: Path, lock: LockFile) -> None:
         "# Written by `sparkforge lock` (nox -s lock). Facts only: commit SHAs, sha256 of\n"
         "# every archive, tree and patch, exact build requirements. Do not edit by hand.\n"
     )
-    text = header + tomli_w.dumps(data)
-    fd, tmp = tempfile.mkstemp(prefix=".lock.", suffix=".toml", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    write_atomic(path, (header + tomli_w.dumps(data)).encode("utf-8"))
+
+
+@contextmanager
+def updating(path: Path) -> Iterator[LockFile]:
+    """lock.toml read, changed by the block and written back, one writer at a time (an
+    advisory lock beside it): two runs locking on demand at once keep both entries.
+    Nothing is written when the block raises."""
+    with exclusive(path.with_name(f".{path.name}.writer")):
+        lock = read_lock(path)
+        yield lock
+        write_lock(path, lock)
 
 
 def entry_for(

@@ -30,9 +30,9 @@ from packaging.version import InvalidVersion, Version
 from sparkforge.config.recipes import Recipe
 from sparkforge.config.targets import Target, ordered_target_tags
 from sparkforge.util.errors import SparkforgeError
+from sparkforge.util.files import write_atomic
 from sparkforge.util.workspace import Workspace
 from sparkforge.wheel.inspect import judge
-from sparkforge.wheelhouse.store import write_atomic
 
 DEFAULT_INDEX = "https://pypi.org/pypi"
 # Bump when the audit's rules or the cached fields change: old verdicts are then re-read.

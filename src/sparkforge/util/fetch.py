@@ -27,6 +27,7 @@ import git
 from sparkforge.util import faults
 from sparkforge.util.digest import SHA1_HEX, sha1_file, sha256_file
 from sparkforge.util.errors import SourceError
+from sparkforge.util.files import atomic_output
 from sparkforge.util.workspace import Workspace
 
 # Never part of a path source: VCS data and build output next to the sources.
@@ -130,18 +131,15 @@ def resolve_ref(repo: git.Repo, url: str, ref: str) -> str:
 
 
 def download(url: str, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".download-", dir=dest.parent)
+    """``url`` into ``dest``, whole or not at all."""
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+        with atomic_output(dest) as out, urllib.request.urlopen(url, timeout=60) as response:
             out.write(response.read(1 << 16))
             out.flush()
             faults.point("download:partial")
             shutil.copyfileobj(response, out, 1 << 20)
     except OSError as exc:
-        os.unlink(tmp)
         raise SourceError(f"cannot download {url}: {exc}; check the URL and your network") from None
-    os.replace(tmp, dest)
 
 
 def verified_archive(workspace: Workspace, url: str, expected: str) -> Path:

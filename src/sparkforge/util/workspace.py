@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 import platformdirs
 
 from sparkforge.util.errors import SparkforgeError
+from sparkforge.util.files import write_atomic
 
 
 @dataclass(frozen=True)
@@ -123,10 +124,7 @@ class Workspace:
         except (OSError, ValueError):
             data = {}
         data[key] = durations
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.history_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, self.history_file)
+        write_atomic(self.history_file, json.dumps(data, indent=1, sort_keys=True).encode())
 
 
 def wheelhouse_dir(chosen: Path | None, project: Path) -> Path:

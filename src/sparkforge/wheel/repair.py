@@ -47,6 +47,7 @@ from packaging.version import InvalidVersion, Version
 
 from sparkforge.config.targets import Target, target_tags
 from sparkforge.util.errors import WheelError
+from sparkforge.util.files import atomic_output, copy_atomic
 from sparkforge.util.proc import Executor, stream_tail
 
 # Zip stores local date-times from 1980 to 2107 with 2-second resolution.
@@ -96,7 +97,7 @@ def repair(
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     if not _contains_elf(raw_wheel):
-        return _copy_atomic(raw_wheel, out_dir / raw_wheel.name)
+        return copy_atomic(raw_wheel, out_dir / raw_wheel.name)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".repair-") as work:
         command = [
             *(auditwheel or (sys.executable, "-m", "auditwheel")),
@@ -156,7 +157,7 @@ def normalize(
         plan, filename = _relabel(wheel, dist_info, metadata, version, local_version, requires)
         out_dir.mkdir(parents=True, exist_ok=True)
         target = out_dir / filename
-        with _atomic_output(target) as handle:
+        with atomic_output(target) as handle:
             _write_archive(handle, source, members, plan, expected, date_time, wheel)
     return target
 
@@ -515,30 +516,6 @@ def _record_bytes(rows: Sequence[Sequence[str]]) -> bytes:
     return buffer.getvalue().encode("utf-8")
 
 
-@contextmanager
-def _atomic_output(target: Path) -> Iterator[IO[bytes]]:
-    """A temp file beside ``target`` that replaces it only if the body succeeds."""
-    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed and renamed below
-        dir=target.parent, prefix=f".{target.name}.", suffix=".tmp", delete=False
-    )
-    temp = Path(handle.name)
-    try:
-        with handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        temp.chmod(0o644)
-        os.replace(temp, target)
-    finally:
-        temp.unlink(missing_ok=True)
-
-
-def _copy_atomic(source: Path, target: Path) -> Path:
-    with _atomic_output(target) as handle, source.open("rb") as reader:
-        shutil.copyfileobj(reader, handle, _CHUNK)
-    return target
-
-
 def _contains_elf(wheel: Path) -> bool:
     with _open_wheel(wheel) as archive:
         for info in archive.infolist():
@@ -633,7 +610,7 @@ def prepend_rpath(
             if row[0] in changed:
                 data = changed[row[0]]
                 row[1:] = [f"sha256={_urlsafe(hashlib.sha256(data).digest())}", str(len(data))]
-        with _atomic_output(target) as handle, zipfile.ZipFile(handle, "w") as out:
+        with atomic_output(target) as handle, zipfile.ZipFile(handle, "w") as out:
             for info in members:
                 data = _record_bytes(rows) if info.filename == record else (
                     changed.get(info.filename) or source.read(info.filename))  # fmt: skip

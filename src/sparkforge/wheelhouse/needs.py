@@ -3,7 +3,6 @@ bundle's), or, for a preflight that asks for it, upstream's published wheel."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from packaging.utils import canonicalize_name, parse_wheel_filename
@@ -18,12 +17,13 @@ from sparkforge.wheelhouse.store import Wheelhouse
 
 
 def needed_wheels(plan: BuildPlan, upstream: BuildLog | None = None) -> list[Path]:
-    """Copies (under the build directory) of this wheelhouse's builds of the recipe's needs.
+    """This wheelhouse's builds of the recipe's needs (``prepare`` wheels them into the
+    build directory, which it makes afresh).
 
     With ``upstream`` (a preflight that asked for it), a need the wheelhouse lacks is
     taken from upstream's published wheel of the same version, hash noted in the log."""
     house = Wheelhouse(plan.wheelhouse)
-    copies = []
+    wheels = []
     for need, key in plan.need_keys.items():
         if need in plan.installed_needs:
             continue  # the build interpreter has it (--installed-need); see make_env
@@ -46,15 +46,12 @@ def needed_wheels(plan: BuildPlan, upstream: BuildLog | None = None) -> list[Pat
                 f"published wheel {found.name} (sha256 {sha256_file(found)}) and {len(extra)} "
                 "wheels of what it declares (PyPI, not locked)"
             )
-            copies.extend(extra)
+            wheels.extend(extra)
         if found is None:
             raise BuildError(
                 f"{plan.recipe.name} needs {need}, which is not in {plan.wheelhouse} for this "
                 f"target; build it first (`nox -s build-{need}`), use `sparkforge build` "
                 "(it builds what is needed first), or for a preflight pass --upstream-needs"
             )
-        copy = plan.build_dir / "needs" / found.name
-        copy.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(found, copy)
-        copies.append(copy)
-    return copies
+        wheels.append(found)
+    return wheels

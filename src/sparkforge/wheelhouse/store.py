@@ -55,6 +55,7 @@ from packaging.version import InvalidVersion, Version
 from sparkforge.util import faults
 from sparkforge.util.digest import sha256_file
 from sparkforge.util.errors import WheelhouseError
+from sparkforge.util.files import temp_beside, write_atomic
 from sparkforge.wheel.repair import read_metadata
 from sparkforge.wheelhouse.provenance import Provenance
 
@@ -200,7 +201,7 @@ class Wheelhouse:
         for sidecar, data in _sidecars(target, metadata, provenance).items():
             write_atomic(sidecar, data)
         digest = hashlib.sha256()
-        with _temp_beside(target) as temp:
+        with temp_beside(target) as temp:
             with wheel.open("rb") as reader, temp.open("wb") as writer:
                 while chunk := reader.read(1 << 20):
                     digest.update(chunk)
@@ -349,30 +350,6 @@ def _stored(path: Path, digest: str) -> StoredWheel:
         version=str(version),
         provenance=path.with_name(path.name + _PROVENANCE_SUFFIX),
     )
-
-
-@contextmanager
-def _temp_beside(target: Path) -> Iterator[Path]:
-    """A temp name in ``target``'s directory (same filesystem, so link/rename work)."""
-    descriptor, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    os.close(descriptor)
-    temp = Path(name)
-    try:
-        temp.chmod(0o644)
-        yield temp
-    finally:
-        temp.unlink(missing_ok=True)
-
-
-def write_atomic(target: Path, data: bytes) -> None:
-    """Write ``data`` to ``target`` whole or not at all (a temporary file beside it, fsync,
-    rename)."""
-    with _temp_beside(target) as temp:
-        with temp.open("wb") as writer:
-            writer.write(data)
-            writer.flush()
-            os.fsync(writer.fileno())
-        os.replace(temp, target)
 
 
 def _generation_id(pages: Mapping[str, bytes]) -> str:
