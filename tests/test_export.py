@@ -104,7 +104,7 @@ def test_dependencies_are_resolved_for_the_target_and_pinned(
     assert f"sfdep==1.0 \\\n    --hash=sha256:{sfdep.sha256}\n" in text
     assert "sfdemo==1.1+cu130" in text  # a wheelhouse dependency comes along from the wheelhouse
     assert "sfdemo==99.0" not in text
-    assert f"resolved by pip from {public_server.url} for target dgx-spark" in text
+    assert f"resolved by uv from {public_server.url} for target dgx-spark" in text
     python = fresh_venv(tmp_path / "venv")
 
     # Hash-checking mode is the one place a second index is harmless: only listed files fit.
@@ -197,12 +197,14 @@ def test_dependencies_from_pypi_are_pinned(cli: CliRunner, tmp_path: Path) -> No
 
     text = export(cli, house, tmp_path)
 
-    # six 1.17.0's only wheel on PyPI, by its published sha256.
+    # six 1.17.0's files on PyPI (its one wheel and its sdist), by their published sha256:
+    # uv's --generate-hashes lists every file of the pinned version.
     assert (
         "six==1.17.0 \\\n    --hash=sha256:"
-        "4721f391ed90541fddacab5acf947aa0d3dc7d27b2e1e8eda2be8970586c3274\n"
+        "4721f391ed90541fddacab5acf947aa0d3dc7d27b2e1e8eda2be8970586c3274 \\\n"
+        "    --hash=sha256:ff70335d468e7eb6ec65b95b99d3a2836546063f63acc5171de367e834932a81\n"
     ) in text
-    assert "resolved by pip from https://pypi.org/simple for target dgx-spark" in text
+    assert "resolved by uv from https://pypi.org/simple for target dgx-spark" in text
 
 
 @pytest.mark.parametrize(
@@ -257,3 +259,17 @@ def _pip(python: Path, env: dict[str, str], *args: str) -> subprocess.CompletedP
         env={**{k: v for k, v in os.environ.items() if not k.startswith("PIP_")}, **env},
         capture_output=True, text=True, check=False,
     )  # fmt: skip
+
+
+def test_markers_are_judged_for_the_target_not_this_machine(
+    cli: CliRunner, servers: Servers, tmp_path: Path
+) -> None:
+    """A dependency only the target's CPU needs is pinned when exporting for it from this
+    x86_64 machine, and left out for an x86_64 target (uv resolves for --python-platform)."""
+    house = Wheelhouse(tmp_path / "house")
+    house.publish(build(tmp_path, "sfarm", "1.0", requires=['sfdep<2; platform_machine == "aarch64"']),
+                  PROVENANCE)  # fmt: skip
+    spark = export(cli, house, tmp_path, "--deps-index-url", servers[1].url)  # dgx-spark: aarch64
+    assert "sfdep==1.0 \\\n    --hash=sha256:" in spark
+    hopper = export(cli, house, tmp_path, "--target", "hopper", "--deps-index-url", servers[1].url)
+    assert "sfdep==" not in hopper

@@ -4,9 +4,10 @@ Writes a requirements file in which every wheel of the wheelhouse (or of the
 named projects) is pinned as ``name==version --hash=sha256:…``, one hash per
 file of that version (every platform's), so pip in hash-checking mode installs
 those exact bytes or nothing. Their dependencies are resolved for a target by
-pip itself (``pip install --dry-run --report`` with the wheelhouse's own files
-as the requirements, so a dependency can never replace one of them), from
-PyPI or ``--deps-index-url``, and pinned the same way.
+uv (``uv pip compile --python-platform … --generate-hashes``, with the
+wheelhouse's own files as direct requirements, so a dependency can never replace
+one of them), from PyPI or ``--deps-index-url``, and pinned the same way; uv
+judges environment markers for the target, wherever export runs.
 
 It also writes the client configuration that keeps these packages on the team
 index: a ``pip.conf`` with that index alone (pip merges every index it is given
@@ -19,7 +20,7 @@ explains the choice.
 from __future__ import annotations
 
 import json
-import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from packaging.markers import default_environment
 from packaging.metadata import parse_email
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.tags import Tag, compatible_tags, cpython_tags
@@ -37,6 +37,7 @@ from packaging.version import InvalidVersion, Version
 
 from sparkforge.config.targets import Target, marker_environment, platform_tags
 from sparkforge.util.errors import ConfigError, WheelhouseError
+from sparkforge.verify.installcheck import uv_platform
 from sparkforge.wheelhouse.store import StoredWheel, Wheelhouse
 
 
@@ -76,14 +77,10 @@ def export_command(house: Wheelhouse, requests: Sequence[str], options: ExportOp
     selection = select(house, requests, options.target)
     built = [_pin(wheels) for _, wheels in sorted(selection.wheels.items())]
     dependencies: list[Pin] = []
-    warnings: list[str] = []
     if options.target is not None:
         chosen = [_for_target(wheels, options.target) for wheels in selection.wheels.values()]
         dependencies = resolve_dependencies(chosen, options.target, options.deps_index_url)
-        warnings = marker_warnings(selection.wheels.values(), options.target)
-    for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    text = render_requirements(built, dependencies, selection, options, warnings)
+    text = render_requirements(built, dependencies, selection, options)
     _write(options.output, text)
     if options.pip_conf is not None:
         _write(options.pip_conf, render_pip_conf(options.index_url))
@@ -240,75 +237,62 @@ def _for_target(wheels: Sequence[StoredWheel], target: Target) -> Path:
 
 
 def resolve_dependencies(wheels: Sequence[Path], target: Target, index_url: str) -> list[Pin]:
-    """Exact versions and sha256 of everything ``wheels`` need on the target, by pip.
+    """Exact versions and sha256 of everything ``wheels`` need on the target, by uv.
 
-    pip reads PEP 658 metadata from the index, so nothing large is downloaded.
-    The wheelhouse files are the requirements themselves, so they stay fixed
-    and only what they leave open is taken from ``index_url``.
+    ``uv pip compile --python-platform --python-version --generate-hashes`` resolves for
+    the target's platform and Python (markers included) wherever export runs, and reads
+    PEP 658 metadata from the index, so nothing large is downloaded. The wheelhouse
+    files are direct requirements (``name @ file://…``), so they stay fixed and only
+    what they leave open is taken from ``index_url``.
     """
+    uv = shutil.which("uv")
+    if uv is None:
+        raise ConfigError("export resolves dependencies with uv, which is not on PATH: "
+                          "pip install uv (or pass --no-deps)")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="sparkforge-export-") as tmp:
-        report = Path(tmp) / "report.json"
-        platforms = [arg for tag in platform_tags(target.manylinux) for arg in ("--platform", tag)]
-        argv = [
-            sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed",
-            "--isolated", "--quiet", "--disable-pip-version-check", "--report", str(report),
-            "--only-binary=:all:", "--python-version", target.python, "--implementation", "cp",
-            "--abi", "cp" + target.python.replace(".", ""), *platforms,
-            "--target", str(Path(tmp) / "unused"), "--index-url", index_url, *map(str, wheels),
-        ]  # fmt: skip
+        requirements = Path(tmp) / "requirements.in"
+        requirements.write_text("".join(
+            f"{parse_wheel_filename(wheel.name)[0]} @ {wheel.resolve().as_uri()}\n"
+            for wheel in wheels))  # fmt: skip
+        argv = [uv, "pip", "compile", "--quiet", "--no-config", "--no-header", "--no-annotate",
+                "--generate-hashes", "--only-binary", ":all:", "--python-version", target.python,
+                "--python-platform", uv_platform(target), "--index-url", index_url,
+                str(requirements)]  # fmt: skip
         result = subprocess.run(argv, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise WheelhouseError(
-                f"cannot resolve the dependencies for target {target.name} from {index_url}: "
-                f"{_pip_error(result.stderr)}; check --deps-index-url, or pass --no-deps"
-            )
-        installs = json.loads(report.read_text())["install"]
-    return sorted((_remote_pin(item, index_url) for item in installs
-                   if not item["download_info"]["url"].startswith("file:")),
-                  key=lambda pin: pin.name)  # fmt: skip
-
-
-def _remote_pin(item: Mapping[str, object], index_url: str) -> Pin:
-    metadata = item["metadata"]
-    download = item["download_info"]
-    assert isinstance(metadata, dict) and isinstance(download, dict)
-    digest = download.get("archive_info", {}).get("hashes", {}).get("sha256")
-    if not isinstance(digest, str):
+    if result.returncode != 0:
         raise WheelhouseError(
-            f"{index_url} gives no sha256 for {download['url']}; it cannot be pinned, "
-            "use an index that publishes hashes"
+            f"cannot resolve the dependencies for target {target.name} from {index_url}: "
+            f"{_uv_error(result.stderr)}; check --deps-index-url, or pass --no-deps"
         )
-    return Pin(canonicalize_name(metadata["name"]), metadata["version"], (digest,))
+    return sorted(_compiled_pins(result.stdout, index_url), key=lambda pin: pin.name)
 
 
-def _pip_error(stderr: str) -> str:
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("ERROR:")]
-    return " ".join(errors or lines[-1:]) or "pip failed without a message"
+def _compiled_pins(text: str, index_url: str) -> list[Pin]:
+    """The ``name==version --hash=…`` entries of uv's output; the wheelhouse's own
+    ``name @ file://…`` lines are pinned by export itself and left out."""
+    pins: list[Pin] = []
+    for entry in text.replace("\\\n", " ").splitlines():
+        words = entry.split()
+        if not words or words[0].startswith("#") or " @ " in entry:
+            continue
+        name, _, version = words[0].partition("==")
+        hashes = tuple(sorted(w.removeprefix("--hash=sha256:") for w in words[1:]
+                              if w.startswith("--hash=sha256:")))  # fmt: skip
+        if not version or not hashes:
+            raise WheelhouseError(
+                f"{index_url} gives no sha256 for {words[0]}; it cannot be pinned, "
+                "use an index that publishes hashes"
+            )
+        pins.append(Pin(canonicalize_name(name), version, hashes))
+    return pins
 
 
-def marker_warnings(versions: Iterable[Sequence[StoredWheel]], target: Target) -> list[str]:
-    """Requirements whose markers pip would judge differently here than on the target.
+_UV_DRAWING = " \u00d7\u2570\u2500\u25b6\u2502"  # the frame uv draws around its errors
 
-    pip evaluates markers against the running interpreter (only the Python
-    version follows ``--python-version``), so a ``platform_machine`` marker is
-    judged for this machine: say so where it matters.
-    """
-    here = {key: str(value) for key, value in default_environment().items()}
-    here.update(python_version=target.python, python_full_version=f"{target.python}.0", extra="")
-    there = marker_environment(target)
-    found = []
-    for wheels in versions:
-        for requirement in _requires_dist(wheels):
-            marker = requirement.marker
-            if marker is not None and marker.evaluate(here) != marker.evaluate(there):
-                found.append(
-                    f"{wheels[0].project} {wheels[0].version}: Requires-Dist '{requirement}' "
-                    f"applies differently on this {platform.machine()} machine than on target "
-                    f"{target.name}; pip resolved it for this machine, so run export on the "
-                    "target's platform for an exact result"
-                )
-    return found
+
+def _uv_error(stderr: str) -> str:
+    lines = [line.strip(_UV_DRAWING) for line in stderr.splitlines() if line.strip(_UV_DRAWING)]
+    return " ".join(lines)[:400] or "uv failed without a message"
 
 
 # --- output ----------------------------------------------------------------------------------
@@ -319,7 +303,6 @@ def render_requirements(
     dependencies: Sequence[Pin],
     selection: Selection,
     options: ExportOptions,
-    warnings: Sequence[str],
 ) -> str:
     lines = [
         "# Written by `sparkforge export`. Each file is pinned by its sha256: pip installs",
@@ -335,7 +318,7 @@ def render_requirements(
         target = options.target
         lines += [
             "",
-            f"# Dependencies, resolved by pip from {options.deps_index_url} for target "
+            f"# Dependencies, resolved by uv from {options.deps_index_url} for target "
             f"{target.name} (Python {target.python}, {target.manylinux}).",
             "# Mirror these files into the team index, or install them from there with",
             "# --require-hashes (the hashes decide which files can be installed).",
@@ -344,7 +327,6 @@ def render_requirements(
     if options.target is None and selection.open_requirements:
         lines += ["", "# Not pinned (--no-deps):"]
         lines += [f"#   {text}" for text in selection.open_requirements]
-    lines += [f"# warning: {warning}" for warning in warnings]
     return "\n".join(lines) + "\n"
 
 
