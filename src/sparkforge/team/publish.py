@@ -39,19 +39,15 @@ import importlib.util
 import os
 import re
 import shutil
-import ssl
 import subprocess
 import sys
-import urllib.error
-import urllib.request
-from base64 import b64encode
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, TYPE_CHECKING, Protocol, cast
 from urllib.parse import SplitResult, unquote, urljoin, urlsplit
 
 from packaging.metadata import parse_email
@@ -64,6 +60,9 @@ from sparkforge.util.errors import ConfigError, PublishError
 from sparkforge.util.workspace import Workspace
 from sparkforge.wheel.repair import read_metadata
 from sparkforge.wheelhouse.store import StoredWheel, Wheelhouse
+
+if TYPE_CHECKING:
+    import requests
 
 #: Test-only: after this many wheels are sent, say so on stderr and wait to be killed.
 Report = Callable[[str], None]
@@ -557,42 +556,37 @@ def _credentials(url: str) -> tuple[str, str] | None:
     return (user, password) if user is not None and password is not None else None
 
 
-class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
-    """Follows redirects, but sends the credentials to the index's own origin only
-    (an index may redirect downloads to a CDN or object store)."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
-        new = super().redirect_request(req, fp, code, msg, headers, newurl)
-        if new is not None and _origin(newurl) != _origin(req.full_url):
-            new.remove_header("Authorization")
-        return new
-
-
-def _origin(url: str) -> tuple[str, str]:
-    parts = urlsplit(url)
-    return parts.scheme, parts.netloc
-
-
 @dataclass
 class _Http:
-    """GETs against the index with the publish credentials (pypiserver and GitLab
-    protect reading too) and twine's CA bundle (``TWINE_CERT``)."""
+    """GETs against the index through requests, the HTTP stack twine uploads with: the
+    publish credentials (pypiserver and GitLab protect reading too) sent to the index's
+    own host only (requests drops them on a redirect to another host, e.g. a CDN),
+    twine's CA bundle (``TWINE_CERT``), proxies from the environment."""
 
     index_url: str
     credentials: tuple[str, str] | None
 
+    def __post_init__(self) -> None:
+        import requests
+
+        self._session = requests.Session()
+        self._session.auth = self.credentials
+        self._session.verify = os.environ.get("TWINE_CERT") or True
+        self._session.headers["Accept"] = "text/html"
+
     def get(self, url: str) -> bytes | None:
         """The body, or None for 404 (a project the index does not have yet)."""
-        response = self._open(url, missing_ok=True)
+        response = self._request(url, missing_ok=True)
         if response is None:
             return None
         with response:
-            return response.read()
+            return response.content
 
     def open(self, url: str) -> IO[bytes]:
-        response = self._open(url, missing_ok=False)
+        response = self._request(url, missing_ok=False)
         assert response is not None  # only a missing_ok request answers None
-        return response
+        response.raw.decode_content = True
+        return cast(IO[bytes], response.raw)  # urllib3's response: a binary file
 
     def sha256_of(self, url: str) -> str:
         digest = hashlib.sha256()
@@ -601,28 +595,30 @@ class _Http:
                 digest.update(chunk)
         return digest.hexdigest()
 
-    def _open(self, url: str, *, missing_ok: bool) -> IO[bytes] | None:
-        request = urllib.request.Request(url, headers={"Accept": "text/html"})
-        if self.credentials and _origin(url) == _origin(self.index_url):
-            token = b64encode(":".join(self.credentials).encode()).decode()
-            request.add_header("Authorization", f"Basic {token}")
-        context = ssl.create_default_context(cafile=os.environ.get("TWINE_CERT") or None)
-        opener = urllib.request.build_opener(
-            _SameOriginRedirects(), urllib.request.HTTPSHandler(context=context)
-        )
+    def _request(self, url: str, *, missing_ok: bool) -> requests.Response | None:
+        import requests
+
         try:
-            response: IO[bytes] = opener.open(request, timeout=60)
-            return response
-        except urllib.error.HTTPError as exc:
-            exc.close()
-            if exc.code == 404 and missing_ok:
-                return None
+            response = self._session.get(url, stream=True, timeout=60)
+        except requests.RequestException as exc:
+            raise PublishError(f"cannot reach {url}: {_reason(exc)}") from None
+        if response.status_code == 404 and missing_ok:
+            response.close()
+            return None
+        if response.status_code >= 400:
+            response.close()
             hint = (
                 "; set TWINE_USERNAME and TWINE_PASSWORD (or keyring) for this index"
-                if exc.code in (401, 403)
+                if response.status_code in (401, 403)
                 else ""
             )
-            raise PublishError(f"{url}: HTTP {exc.code} {exc.reason}{hint}") from exc
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise PublishError(f"cannot reach {url}: {reason}") from exc
+            raise PublishError(f"{url}: HTTP {response.status_code} {response.reason}{hint}")
+        return response
+
+
+def _reason(exc: Exception) -> str:
+    """The innermost cause requests wraps (the refused connection, the TLS failure)."""
+    while exc.__context__ is not None and isinstance(exc.__context__, Exception):
+        exc = exc.__context__
+    reason = getattr(exc, "reason", None)
+    return str(reason or exc)
