@@ -4,10 +4,10 @@ and a directory: credentials, never overwrite, no-op reruns, verified uploads,
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -475,11 +475,64 @@ def test_upload_destination_reports_an_unreachable_index(house: Path) -> None:
         publish(house, destination, [], report=lambda line: None)
 
 
+class _StallingProxy:
+    """A TCP proxy on 127.0.0.1 in front of the index that forwards a connection's request
+    bytes until ``limit`` of them have passed, then forwards nothing more and sets
+    ``stalled``: an upload held exactly there, however fast the machine."""
+
+    def __init__(self, upstream_port: int, limit: int) -> None:
+        import threading
+
+        self.limit = limit
+        self.stalled = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.upstream_port = upstream_port
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, requests: bool) -> None:
+        passed = 0
+        try:
+            while data := source.recv(1 << 16):
+                if requests and passed + len(data) > self.limit:
+                    sink.sendall(data[: self.limit - passed])
+                    self.stalled.set()
+                    # Hold: the rest never reaches the index; when the client dies, its
+                    # connection to the index closes as a direct one would.
+                    while source.recv(1 << 16):
+                        pass
+                    break
+                sink.sendall(data)
+                passed += len(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
 @pytest.mark.network
 def test_kill_during_a_large_upload_is_found_and_refused_by_the_next_run(
     cli: CliRunner, server: Server, tmp_path: Path, credentials: None
 ) -> None:
-    """SIGKILL while twine streams a 150 MB wheel, once the server holds 50 MB of it.
+    """SIGKILL while twine streams a 150 MB wheel, once 50 MB of it reached the server (a
+    proxy holds the upload exactly there, then the publish is killed).
 
     pypiserver 2.4.2 then stores the part it received under the final name (and
     lists it, with the hash of those bytes): no upload protocol lets a client
@@ -489,17 +542,24 @@ def test_kill_during_a_large_upload_is_found_and_refused_by_the_next_run(
     """
     house = tmp_path / "big"
     big = add_wheel(house, "sfhuge", "1.0", 1, size=150 << 20)
-    process = _start_publish(house, server.url, dict(os.environ))
-    deadline = time.monotonic() + 60
-    while _spooled_body(server.process.pid) < 50 << 20:
-        assert time.monotonic() < deadline and process.poll() is None, "the upload never started"
-        time.sleep(0.001)
-    _kill(process)
-    time.sleep(0.5)  # the server finishes handling the broken request
+    upstream_port = int(urlsplit(server.url).port or 80)
+    proxy = _StallingProxy(upstream_port, limit=50 << 20)
+    proxied = server.url.replace(f":{upstream_port}/", f":{proxy.port}/")
+    try:
+        process = _start_publish(house, proxied, dict(os.environ))
+        assert proxy.stalled.wait(timeout=120), "the upload never reached 50 MB"
+        _kill(process)
+    finally:
+        proxy.close()
+    deadline = time.monotonic() + 30  # the server notices the cut connection and stores the part
+    while not (server.packages / big.filename).exists():
+        assert time.monotonic() < deadline, "pypiserver kept nothing of the cut-off upload"
+        time.sleep(0.1)
+    time.sleep(0.5)
     remote = served_files(server)  # pages parse, every listed file has its listed hash
     assert list(remote) == [big.filename], "pypiserver 2.4.2 keeps the part it received"
     stored = server.packages / big.filename
-    assert stored.stat().st_size < big.size
+    assert 0 < stored.stat().st_size < big.size
     assert big.path.read_bytes()[: stored.stat().st_size] == stored.read_bytes()
     refused = cli("publish", "--to", server.url, "--wheelhouse", house)
     assert refused.code == 1
@@ -510,39 +570,73 @@ def test_kill_during_a_large_upload_is_found_and_refused_by_the_next_run(
     assert served_files(server) == {big.filename: big.sha256}
 
 
-def _spooled_body(pid: int) -> int:
-    """Bytes of a request body the server has received: bottle spools it to an
-    unlinked temp file, seen through /proc/<pid>/fd."""
-    size = 0
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            if os.readlink(fd).endswith("(deleted)"):
-                size = max(size, fd.stat().st_size)
-        except OSError:
-            continue  # closed meanwhile
-    return size
-
-
 def test_kill_while_copying_a_large_wheel_leaves_no_partial_file(tmp_path: Path) -> None:
-    """SIGKILL as soon as the copy's temp file appears: only a dot file may be left."""
+    """SIGKILL in the middle of copying a wheel into the team wheelhouse (the fault point
+    after its first MiB): no file under the wheel's name, the index still valid, and the
+    next run completes."""
     house = tmp_path / "big"
     big = add_wheel(house, "sfhuge", "1.0", 1, size=150 << 20)
     team = tmp_path / "team"
-    wheel_temp = re.compile(re.escape(f".{big.filename}.") + "[a-z0-9_]{8}")  # mkstemp's name
-    process = _start_publish(house, str(team), dict(os.environ))
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None:
-        if any(wheel_temp.fullmatch(p.name) for p in (team / "files").glob(".*")):
-            break
-        time.sleep(0.001)
-    if process.poll() is None:
-        _kill(process)
-    assert not (team / "files" / big.filename).exists() or (
-        hashlib.sha256((team / "files" / big.filename).read_bytes()).hexdigest() == big.sha256
-    )
+    process = _start_publish(house, str(team), {**os.environ, FAULT: "store:copying"})
+    _died(process)
+    assert not (team / "files" / big.filename).exists()
+    left = [p for p in (team / "files").iterdir() if p.name.startswith(f".{big.filename}.")]
+    assert len(left) == 1 and 0 < left[0].stat().st_size < big.size  # the cut-off temp file
     if (team / "simple").exists():
-        check_static_index(team)
+        assert check_static_index(team) == {}
     rerun = _start_publish(house, str(team), dict(os.environ))
     _, err = rerun.communicate(timeout=120)
     assert rerun.returncode == 0, err
     assert check_static_index(team) == {big.filename: big.sha256}
+
+
+def test_credentials_go_to_the_index_only_not_where_it_redirects(tmp_path: Path) -> None:
+    """Reading the index sends the publish credentials to its own origin; a download it
+    redirects to another origin (a CDN, an object store) gets none."""
+    import hashlib as _hashlib
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from sparkforge.team.publish import _Http
+
+    seen: dict[str, str | None] = {}
+    body = b"wheel bytes"
+
+    def server(answer):  # type: ignore[no-untyped-def]
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                seen[f"{self.server.server_address[1]}{self.path}"] = self.headers.get(
+                    "Authorization"
+                )
+                answer(self)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        return httpd
+
+    def cdn_answer(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    cdn = server(cdn_answer)
+
+    def index_answer(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(302)
+        handler.send_header("Location", f"http://127.0.0.1:{cdn.server_address[1]}/blob")
+        handler.end_headers()
+
+    index = server(index_answer)
+    try:
+        base = f"http://127.0.0.1:{index.server_address[1]}"
+        digest = _Http(f"{base}/", ("team", "secret")).sha256_of(f"{base}/files/x.whl")
+    finally:
+        index.shutdown()
+        cdn.shutdown()
+    assert digest == _hashlib.sha256(body).hexdigest()
+    assert str(seen[f"{index.server_address[1]}/files/x.whl"]).startswith("Basic ")
+    assert seen[f"{cdn.server_address[1]}/blob"] is None

@@ -4,8 +4,9 @@ Setting ``SPARKFORGE_FAULT_INJECT=<point>`` makes the process kill itself with
 SIGKILL when it reaches that point, exactly as ``kill -9`` would. Points:
 ``phase:<name>`` at the start of each build phase, ``download:partial`` after
 the first block of a download, ``env:partial`` after a build venv is created
-and before its requirements are installed, ``publish:stored`` after a wheel is
-stored and before the index is regenerated, ``index:written`` after a new index
+and before its requirements are installed, ``store:copying`` after the first MiB
+of a wheel is copied into the wheelhouse (its temporary file), ``publish:stored`` after
+a wheel is stored and before the index is regenerated, ``index:written`` after a new index
 generation is written and before it is swapped in, ``publish:sent-<N>`` after
 ``sparkforge publish`` sent and verified its Nth wheel. Unset, this costs one
 environment lookup per point.

@@ -206,6 +206,7 @@ class Wheelhouse:
                 while chunk := reader.read(1 << 20):
                     digest.update(chunk)
                     writer.write(chunk)
+                    faults.point("store:copying")
                 writer.flush()
                 os.fsync(writer.fileno())
             now = int(time.time())
