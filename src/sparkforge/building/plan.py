@@ -1,10 +1,13 @@
-"""Build orchestration: plan a build, then run it phase by phase.
+"""The build stage: plan a build, then run it up to the raw wheel.
 
-``plan`` is pure data assembly (no side effects): recipe + target + lock →
-environment, commands, paths and the build key. ``execute`` runs the phases in
-one direction: sources → patches → environment → build → repair → normalize →
-audit → publish. The build key decides "up to date": a wheel published with the
-same key makes the build a no-op.
+``plan`` decides everything up front and changes nothing: it reads the recipe,
+target and lock, asks the runner for its identity (nvcc, gcc and Python versions:
+it runs them) and hashes a path source's tree, then returns the environment,
+commands, paths and the build key. ``prepare`` (sources, patches, runner,
+environment) and ``compile_wheel`` (the build commands) run the phases that end in
+the raw wheel; ``sparkforge.pipeline`` takes it on through the wheel and wheelhouse
+stages. The build key decides "up to date": a wheel published with the same key
+makes the build a no-op.
 """
 
 from __future__ import annotations
