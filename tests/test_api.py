@@ -24,7 +24,7 @@ def test_the_api_plans_builds_and_finds_up_to_date(
     cli: CliRunner, tiny: Path, shared_workspace: Path, tmp_path: Path
 ) -> None:
     where = {"project": tiny, "workspace": shared_workspace, "wheelhouse": tmp_path / "house"}
-    plan = sparkforge.plan("tiny", "hopper", **where)
+    plan = sparkforge.plan("tiny", "hopper", **{k: str(v) for k, v in where.items()})  # strings too
     dry = cli("build", "tiny", "--target", "hopper", "--dry-run", "--project", tiny,
               "--workspace", shared_workspace, "--wheelhouse", tmp_path / "house")  # fmt: skip
     assert dry.code == 0, dry.err

@@ -168,3 +168,22 @@ def test_without_a_page_the_root_says_how_to_make_one(tmp_path: Path) -> None:
     with running(house.root) as server, pytest.raises(HTTPError) as caught:
         urlopen(f"http://127.0.0.1:{server.server_address[1]}/")
     assert caught.value.code == 404 and "nox -s index" in caught.value.read().decode()
+
+
+def test_one_odd_field_does_not_hide_the_rest_of_the_provenance(tmp_path: Path) -> None:
+    """A statement with a field of an unexpected type (an older or hand-edited one) still
+    gives the page and the index its subject, target, key and verdicts."""
+    import json
+
+    from sparkforge.wheelhouse.store import describe
+
+    house = Wheelhouse(tmp_path / "wheelhouse")
+    wheel = build(tmp_path, "sfdemo", "1.0")
+    data = json.loads(_provenance(wheel, "dgx-spark", {"sm_121": "native"}))
+    data["predicate"]["buildDefinition"]["internalParameters"]["jobs"] = "many"
+    data["predicate"]["runDetails"]["byproducts"].append({"no": "name"})
+    stored = house.publish(wheel, json.dumps(data).encode())
+    info = describe(stored)
+    assert info["target"] == "dgx-spark" and info["build_key"] == "ab" * 32
+    assert info["audit"] == {"sm_121": "native"}
+    assert "sm_121: native" in (house.root / PAGE).read_text()

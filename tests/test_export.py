@@ -273,3 +273,19 @@ def test_markers_are_judged_for_the_target_not_this_machine(
     assert "sfdep==1.0 \\\n    --hash=sha256:" in spark
     hopper = export(cli, house, tmp_path, "--target", "hopper", "--deps-index-url", servers[1].url)
     assert "sfdep==" not in hopper
+
+
+def test_uv_output_pins_only_index_files() -> None:
+    """The wheelhouse's own direct URLs are left to export; another direct URL cannot be
+    pinned by hash and is refused; an extra does not change the name pinned."""
+    from sparkforge.team.export import _compiled_pins
+    from sparkforge.util.errors import WheelhouseError
+
+    own = "file:///wh/files/sfdemo-1.0-py3-none-any.whl"
+    text = (f"sfdemo @ {own}\n"
+            "requests[socks]==2.32.3 \\\n    --hash=sha256:" + "b" * 64 + " \\\n"
+            "    --hash=sha256:" + "a" * 64 + "\n")  # fmt: skip
+    (pin,) = _compiled_pins(text, "https://index", {own})
+    assert (pin.name, pin.version, pin.hashes) == ("requests", "2.32.3", ("a" * 64, "b" * 64))
+    with pytest.raises(WheelhouseError, match="direct URL"):
+        _compiled_pins("other @ https://example.org/other-1.0.whl\n", "https://index", {own})

@@ -144,6 +144,7 @@ case "$*" in
   *"image inspect --format {{.Id}}|{{.Size}}|{{.Created}} localhost/sparkforge-builder:bbbbbbbbbbbb"*)
       echo "sha256:bb|5000000|$(date -u -d '1 day ago' '+%Y-%m-%d %H:%M:%S').5 +0000 UTC" ;;
   *"image rm "*) echo "$*" >> "$FAKE_STATE/removed" ;;
+  *"ps --quiet --filter name=sparkforge-"*) if [ -n "$FAKE_RUNNING" ]; then echo 0123456789ab; fi ;;
   *) exit 1 ;;
 esac
 """
@@ -173,3 +174,32 @@ def test_clean_builder_images_by_age_and_size(
     assert old.code == 0, old.err
     assert (tmp_path / "removed").read_text().split() == [
         "image", "rm", "localhost/sparkforge-builder:aaaaaaaaaaaa"]  # fmt: skip
+    monkeypatch.setenv("FAKE_RUNNING", "1")  # a build runs in some workspace: images stay
+    busy = cli("clean", *common)
+    assert busy.code == 2 and "runs build containers" in busy.err
+    assert len((tmp_path / "removed").read_text().splitlines()) == 1
+
+
+def test_an_interrupted_container_removal_still_stops_the_command(tmp_path: Path) -> None:
+    """A second Ctrl-C while the container is being removed: the command's process group
+    is stopped all the same, and the removal is tried again after it."""
+    from sparkforge.util.proc import stream
+
+    calls: list[int] = []
+
+    def remove() -> None:
+        calls.append(len(calls))
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # the user pressed Ctrl-C again
+
+    pid_file = tmp_path / "pid"
+    with pytest.raises(KeyboardInterrupt):
+        stream(["sh", "-c", f"sleep 300 & echo $! > {pid_file}; wait"], env=None, cwd=None,
+               sink=lambda line: None, timeout=2, on_stop=remove)  # fmt: skip
+    assert calls == [0, 1]
+    sleeper = int(pid_file.read_text())
+    for _ in range(50):
+        if not _alive(sleeper):
+            break
+        time.sleep(0.1)
+    assert not _alive(sleeper)

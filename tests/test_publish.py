@@ -382,9 +382,22 @@ def test_directory_refuses_overwrite_and_changes_nothing(
     assert snapshot(team) == before
 
 
-@pytest.mark.skipif(not shutil.which("rsync"), reason="rsync is not installed")
-def test_rsync_protocol_against_a_local_path(house: Path, tmp_path: Path) -> None:
-    """The rsync form's push order, with rsync's local mode standing in for ssh."""
+@pytest.fixture(scope="module")
+def rsync() -> str:
+    """Debian's rsync, installed here (as root) when it is missing."""
+    if shutil.which("rsync") is None:
+        if os.geteuid() != 0 or not shutil.which("apt-get"):
+            pytest.skip("rsync is not installed and cannot be installed here")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "install", "-y", "-qq", "rsync"], check=True, env=env)
+    found = shutil.which("rsync")
+    assert found is not None
+    return found
+
+
+def test_rsync_protocol_against_a_local_path(house: Path, tmp_path: Path, rsync: str) -> None:
+    """The rsync form's push order, with rsync's local mode standing in for ssh; the page
+    to browse goes along."""
     remote = tmp_path / "remote"
     remote.mkdir()
     destination = RsyncDestination.create(str(remote), Workspace(tmp_path / "ws"))
@@ -392,12 +405,15 @@ def test_rsync_protocol_against_a_local_path(house: Path, tmp_path: Path) -> Non
     assert len(outcome.sent) == 3
     assert check_static_index(remote) == {w.filename: w.sha256 for w in Wheelhouse(house).wheels()}
     assert len(list((remote / ".index").iterdir())) == 1
+    page = (remote / "index.html").read_text()
+    assert all(w.filename in page for w in Wheelhouse(house).wheels())
     add_wheel(house, "sfnew", "1.0", 7)
     again = RsyncDestination.create(str(remote), Workspace(tmp_path / "ws"))
     outcome = publish(house, again, [], report=lambda line: None)
     assert outcome.sent == ["sfnew-1.0-py3-none-any.whl"] and len(outcome.already_there) == 3
     assert "sfnew-1.0-py3-none-any.whl" in check_static_index(remote)
     assert len(list((remote / ".index").iterdir())) == 1  # the old generation is gone
+    assert "sfnew" in (remote / "index.html").read_text()
     with pytest.raises(PublishError, match="does the directory exist"):
         publish(house, RsyncDestination.create(str(tmp_path / "absent"), Workspace(tmp_path / "ws")),
                 [], report=lambda line: None)  # fmt: skip

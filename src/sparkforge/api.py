@@ -87,6 +87,17 @@ class Settings:
     build_args: tuple[str, ...] = ()  # KEY=VALUE for the builder image
     wait: bool = True  # wait for a workspace another run holds
 
+    def __post_init__(self) -> None:
+        # A script may pass strings: paths are Paths from here on.
+        for name in ("project", "workspace", "wheelhouse", "engines"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, Path(value))
+        for name in ("cuda_archs", "installed_needs", "build_args"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, (value,))
+
 
 @dataclass
 class Outcome:
@@ -277,7 +288,7 @@ class Run:
                 f"resolved {recipe.name} {version} on demand: {entry.source.kind} {pin} (settings "
                 f"of {borrowed}; unreviewed); a dry run leaves lock.toml as is", markup=False)  # fmt: skip
             return entry
-        with updating(lock_path) as lock:
+        with updating(lock_path, self.notes.print) as lock:
             lock.recipes.setdefault(recipe.name, {})[version] = entry
         self.notes.print(
             f"locked {recipe.name} {version} on demand into {lock_path}: {entry.source.kind} "
@@ -291,7 +302,7 @@ class Run:
         with self.console.status(f"locking {recipe.name} {version} on demand"):
             entry = lock_on_demand(self.project, derived, version, targets, self.workspace)
         lock_path = self.project / "lock.toml"
-        with updating(lock_path) as lock:
+        with updating(lock_path, self.notes.print) as lock:
             lock.recipes.setdefault(recipe.name, {})[version] = entry
         self.notes.print(
             f"locked {recipe.name} {version} on demand into {lock_path} (settings of "
@@ -301,8 +312,10 @@ class Run:
     # -------------------------------------------------------------------- builds
 
     def build_one(self, the_plan: BuildPlan, *, force: bool = False,
-                  workspace: Workspace | None = None) -> Outcome:  # fmt: skip
-        """Build one plan, or find it up to date (under the workspace's build lock)."""
+                  workspace: Workspace | None = None,
+                  on_built: Callable[[Outcome], None] | None = None) -> Outcome:  # fmt: skip
+        """Build one plan, or find it up to date (under the workspace's build lock);
+        ``on_built`` hears of a wheel just published (the CLI prints the next steps)."""
         workspace = workspace or self.workspace
         started = time.monotonic()
         outcome = Outcome(the_plan.recipe.name, the_plan.version, plan=the_plan)
@@ -324,6 +337,8 @@ class Run:
                         f"{Wheelhouse(the_plan.wheelhouse).index_url()}"
                     )
                     outcome.status, outcome.detail, outcome.wheel = "built", stored.filename, stored
+                    if on_built is not None:
+                        on_built(outcome)
         if existing is not None:
             self.console.print(
                 f"up to date: {existing} (build key {the_plan.build_key[:12]}; --force rebuilds)"
@@ -357,16 +372,15 @@ class Run:
         plans = self.plans([recipe], top=recipe, version=version, force=force)
         outcomes = []
         for need in plans[:-1]:
-            outcome = self.build_one(need)
+            outcome = self.build_one(need, on_built=on_built)
             self.console.print(f"need {need.recipe.name}: {outcome.status}")
             outcomes.append(outcome)
-        outcomes.append(self.build_one(plans[-1], force=force))
-        if on_built is not None:
-            on_built(outcomes[-1])
+        outcomes.append(self.build_one(plans[-1], force=force, on_built=on_built))
         return outcomes
 
     def build_all(self, names: Sequence[str] | None = None, *, force: bool = False,
-                  preflight: bool = True) -> list[Outcome]:  # fmt: skip
+                  preflight: bool = True,
+                  on_built: Callable[[Outcome], None] | None = None) -> list[Outcome]:  # fmt: skip
         """Every recipe (or those named) in dependency order. A failed recipe does not stop
         the others; what needs it is skipped. The preflight of each recipe that has one runs
         before its build, those whose needs are already built first of all."""
@@ -409,7 +423,7 @@ class Run:
                 broken.add(name)
                 continue
             try:
-                outcomes.append(self.build_one(the_plan, force=force))
+                outcomes.append(self.build_one(the_plan, force=force, on_built=on_built))
             except SparkforgeError as exc:
                 outcomes.append(Outcome(name, version, "failed", plan=the_plan, detail=exc.message))
                 broken.add(name)
@@ -426,7 +440,9 @@ class Run:
         ``targets``, or the images ``base_images`` names), pulled first when missing. Returns
         the lock file's path; nothing is written when anything fails."""
         lock_path = self.project / "lock.toml"
-        with updating(lock_path) as lock:  # one writer at a time; nothing written on an error
+        with updating(
+            lock_path, self.notes.print
+        ) as lock:  # one writer at a time; nothing written on an error
             self._lock_into(lock, recipes, upgrade=upgrade, versions=versions, builder=builder,
                             targets=targets, base_images=base_images)  # fmt: skip
         self.console.print(f"wrote {lock_path}")
@@ -548,23 +564,41 @@ def cleanable(run: Run, kinds: Sequence[str], *, older_than_days: float = 0.0,
 
 
 def clean(run: Run, items: Sequence[Cleanable]) -> None:
-    """Remove ``items`` (from :func:`cleanable`), never under a running build."""
+    """Remove ``items`` (from :func:`cleanable`), never under a running build: this
+    workspace's, and for builder images (shared by every workspace) any build whose
+    container is running. Every item is tried; failures are reported together."""
+    failed: list[str] = []
     with run.workspace.exclusive(wait=False, note=run.console.print):
-        engine = None
+        images = [item for item in items if item.kind == "images"]
+        if images:
+            from sparkforge.building.containers import remove_image, running_builds
+
+            engine = find_engine(run.settings.engine,
+                                 load_engine_settings(run.project, run.settings.engines))  # fmt: skip
+            if running_builds(engine):
+                raise ConfigError(
+                    f"{engine.name} runs build containers (sparkforge-…), maybe of another "
+                    "workspace; clean images when they are done"
+                )
+            for item in images:
+                try:
+                    remove_image(engine, item.what)
+                except SparkforgeError as exc:
+                    failed.append(f"{item.what}: {exc.message}")
         for item in items:
             if item.kind == "images":
-                from sparkforge.building.containers import remove_image
-
-                engine = engine or find_engine(
-                    run.settings.engine, load_engine_settings(run.project, run.settings.engines)
-                )
-                remove_image(engine, item.what)
                 continue
             path = Path(item.what)
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
+            try:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
+            except OSError as exc:
+                failed.append(f"{path}: {exc.strerror or exc}")
+    if failed:
+        raise ConfigError(f"could not remove {len(failed)} of {len(items)} item(s); "
+                          f"first: {failed[0]}")  # fmt: skip
 
 
 # ------------------------------------------------------------- the public calls

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -182,12 +183,23 @@ def builder_images(engine: Engine) -> list[StoredImage]:
 
 
 def _created(text: str) -> float:
-    """docker's ``2026-11-30T17:00:00.1Z`` and podman's ``2026-11-30 17:00:00.1 +0000 UTC``."""
+    """docker's ``2026-11-30T17:00:00.1Z`` and podman's ``2026-11-30 17:00:00.1 +0100 CET``
+    (its offset: local time)."""
     stamp = text.strip().replace("T", " ")[:19]
+    offset = re.search(r" ([+-])(\d{2})(\d{2})\b", text)
     try:
-        return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC).timestamp()
+        when = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC).timestamp()
     except ValueError:
         raise ContainerError(f"cannot read an image's creation time {text!r}") from None
+    if offset:
+        sign = 1 if offset[1] == "+" else -1
+        when -= sign * (int(offset[2]) * 3600 + int(offset[3]) * 60)
+    return when
+
+
+def running_builds(engine: Engine) -> list[str]:
+    """Ids of the build containers sparkforge runs now (named ``sparkforge-…``)."""
+    return engine.output("ps", "--quiet", "--filter", "name=sparkforge-").split()
 
 
 def remove_image(engine: Engine, ref: str) -> None:

@@ -192,10 +192,13 @@ class BuildPlan:
         }
 
     def builder_image(self) -> dict[str, str]:
-        """The image the container runner builds from, and what pins it."""
+        """The image the container runner builds from (``--base-image`` or the target's),
+        and what pins it."""
+        base = self.runner_identity.get("base_image", self.target.builder_image)
         return {
-            "base": self.target.builder_image,
-            "digest": self.builder_digest or "not pinned yet (nox -s lock -- --builder)",
+            "base": base,
+            "digest": self.builder_digest
+            or f"not pinned yet (nox -s lock -- --builder --base-image {base})",
             "dockerfile": "Dockerfile.builder",
         }
 
@@ -528,7 +531,7 @@ def plan(
         unreviewed=tuple(unreviewed),
         installed_needs=dict(installed),
         preflight=preflight,
-        builder_digest=lock_file.builder.get(target.builder_image),
+        builder_digest=lock_file.builder.get(identity.get("base_image", target.builder_image)),
         options=options,
         blocked_by=blocked_by,
     )

@@ -183,7 +183,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         if args.dry_run or args.preflight:
             code = _dry_run_or_preflight(args, inner, plans)
         else:
-            _show_next_steps(inner.build_one(plans[-1], force=args.force))
+            inner.build_one(plans[-1], force=args.force, on_built=_show_next_steps)
             console.print(f"pipeline time {time.monotonic() - started:.2f} s")
             code = 0
     except BaseException:
@@ -225,7 +225,8 @@ def cmd_build_all(args: argparse.Namespace) -> int:
     names = args.recipes or available_recipes(run.project)
     if args.dry_run:
         return _build_all_plan(args, run, names)
-    outcomes = run.build_all(names, force=args.force, preflight=not args.no_preflight)
+    outcomes = run.build_all(names, force=args.force, preflight=not args.no_preflight,
+                             on_built=_show_next_steps)  # fmt: skip
     table = Table(title=f"build-all for {args.target}", title_justify="left")
     for column in ("recipe", "version", "result", "seconds", "wheel or reason"):
         table.add_column(column, overflow="fold")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -252,11 +252,11 @@ def write_lock(path: Path, lock: LockFile) -> None:
 
 
 @contextmanager
-def updating(path: Path) -> Iterator[LockFile]:
+def updating(path: Path, note: Callable[[str], None] | None = None) -> Iterator[LockFile]:
     """lock.toml read, changed by the block and written back, one writer at a time (an
     advisory lock beside it): two runs locking on demand at once keep both entries.
     Nothing is written when the block raises."""
-    with exclusive(path.with_name(f".{path.name}.writer")):
+    with exclusive(path.with_name(f".{path.name}.writer"), note):
         lock = read_lock(path)
         yield lock
         write_lock(path, lock)

@@ -20,6 +20,7 @@ explains the choice.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -258,24 +259,37 @@ def resolve_dependencies(wheels: Sequence[Path], target: Target, index_url: str)
                 "--generate-hashes", "--only-binary", ":all:", "--python-version", target.python,
                 "--python-platform", uv_platform(target), "--index-url", index_url,
                 str(requirements)]  # fmt: skip
-        result = subprocess.run(argv, capture_output=True, text=True, check=False)
+        # Only the index given here: uv's own settings from the environment stay out.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_"))}
+        result = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
     if result.returncode != 0:
         raise WheelhouseError(
             f"cannot resolve the dependencies for target {target.name} from {index_url}: "
             f"{_uv_error(result.stderr)}; check --deps-index-url, or pass --no-deps"
         )
-    return sorted(_compiled_pins(result.stdout, index_url), key=lambda pin: pin.name)
+    own = {wheel.resolve().as_uri() for wheel in wheels}
+    return sorted(_compiled_pins(result.stdout, index_url, own), key=lambda pin: pin.name)
 
 
-def _compiled_pins(text: str, index_url: str) -> list[Pin]:
-    """The ``name==version --hash=…`` entries of uv's output; the wheelhouse's own
-    ``name @ file://…`` lines are pinned by export itself and left out."""
+def _compiled_pins(text: str, index_url: str, own: set[str]) -> list[Pin]:
+    """The ``name==version --hash=…`` entries of uv's output. The wheelhouse's own
+    ``name @ file://…`` lines (``own``) are pinned by export itself; any other direct
+    URL cannot be pinned by hash here and is refused."""
     pins: list[Pin] = []
     for entry in text.replace("\\\n", " ").splitlines():
         words = entry.split()
-        if not words or words[0].startswith("#") or " @ " in entry:
+        if not words or words[0].startswith("#"):
             continue
-        name, _, version = words[0].partition("==")
+        if " @ " in entry:
+            url = entry.split(" @ ", 1)[1].split()[0]
+            if url in own:
+                continue
+            raise WheelhouseError(
+                f"a dependency resolved to a direct URL ({entry.split()[0]} @ {url}), which "
+                "export cannot pin by hash; pin it in the wheel's requirements or pass --no-deps"
+            )
+        requirement, _, version = words[0].partition("==")
+        name = requirement.split("[", 1)[0]  # an extra does not change the file pinned
         hashes = tuple(sorted(w.removeprefix("--hash=sha256:") for w in words[1:]
                               if w.startswith("--hash=sha256:")))  # fmt: skip
         if not version or not hashes:

@@ -64,7 +64,7 @@ from sparkforge.wheelhouse.store import StoredWheel, Wheelhouse
 if TYPE_CHECKING:
     import requests
 
-#: Test-only: after this many wheels are sent, say so on stderr and wait to be killed.
+#: Where a publish reports its progress, one line at a time.
 Report = Callable[[str], None]
 
 
@@ -378,6 +378,10 @@ class RsyncDestination:
         self._rsync(index, f"{self.remote}/.index/", what="push the index")
         self._rsync("--delay-updates", f"{self.staging}/simple", f"{self.remote}/",
                     what="switch the index")  # fmt: skip
+        page = Path(self.staging) / "index.html"  # the page to browse, after the index it links
+        if page.is_file():
+            self._rsync("--delay-updates", str(page), f"{self.remote}/",
+                        what="push the page to browse")  # fmt: skip
         self._rsync(
             "--delete", index, f"{self.remote}/.index/", what="remove old index generations"
         )
@@ -585,8 +589,7 @@ class _Http:
     def open(self, url: str) -> IO[bytes]:
         response = self._request(url, missing_ok=False)
         assert response is not None  # only a missing_ok request answers None
-        response.raw.decode_content = True
-        return cast(IO[bytes], response.raw)  # urllib3's response: a binary file
+        return cast(IO[bytes], _Body(response, url))
 
     def sha256_of(self, url: str) -> str:
         digest = hashlib.sha256()
@@ -614,6 +617,41 @@ class _Http:
             )
             raise PublishError(f"{url}: HTTP {response.status_code} {response.reason}{hint}")
         return response
+
+
+class _Body:
+    """A response body read as a binary file (``read(n)``, ``with``), in requests'
+    chunks, so that a connection cut in the middle is one PublishError line."""
+
+    def __init__(self, response: requests.Response, url: str) -> None:
+        self._response = response
+        self._url = url
+        self._chunks = response.iter_content(1 << 20)
+        self._buffer = b""
+
+    def read(self, size: int = -1) -> bytes:
+        import requests
+
+        try:
+            while size < 0 or len(self._buffer) < size:
+                chunk = next(self._chunks, None)
+                if chunk is None:
+                    break
+                self._buffer += chunk
+        except requests.RequestException as exc:
+            raise PublishError(f"reading {self._url} failed: {_reason(exc)}") from None
+        cut = len(self._buffer) if size < 0 else size
+        data, self._buffer = self._buffer[:cut], self._buffer[cut:]
+        return data
+
+    def close(self) -> None:
+        self._response.close()
+
+    def __enter__(self) -> _Body:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _reason(exc: Exception) -> str:

@@ -9,7 +9,7 @@ import fcntl
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -55,12 +55,18 @@ def copy_atomic(source: Path, target: Path) -> Path:
 
 
 @contextmanager
-def exclusive(path: Path) -> Iterator[None]:
+def exclusive(path: Path, note: Callable[[str], None] | None = None) -> Iterator[None]:
     """Hold an advisory lock on ``path`` (created if missing) for the block: one
-    read-modify-write of a shared file at a time (lock.toml, for one)."""
+    read-modify-write of a shared file at a time (lock.toml, for one). ``note`` hears
+    once that another holder is being waited for."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if note is not None:
+                note(f"waiting for another run that holds {path} …")
+            fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:

@@ -23,17 +23,24 @@ class TimeLimitExceeded(Exception):
 
 
 def _stop(process: subprocess.Popen[str], on_stop: Callable[[], None] | None = None) -> None:
-    """``on_stop``, then SIGTERM to the command's whole process group, SIGKILL if it lingers."""
-    if on_stop is not None:
-        on_stop()
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        try:
-            process.wait(timeout=10)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    """``on_stop``, then SIGTERM to the command's whole process group (SIGKILL if it
+    lingers), then ``on_stop`` once more: a container the engine created only after the
+    first call (the client was still starting it) goes too. An interruption of the first
+    ``on_stop`` does not skip the kill."""
+    try:
+        if on_stop is not None:
+            on_stop()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, sig)
+            try:
+                process.wait(timeout=10)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        if on_stop is not None:
+            on_stop()
 
 
 def stream(

@@ -89,8 +89,8 @@ class ExternalParameters(_Part):
     target: dict[str, Any] = {}
     cuda_archs: list[str] = []
     allow_arch_gaps: bool = False
-    needs: dict[str, dict[str, str]] = {}
-    installed_needs: dict[str, str] = {}
+    needs: dict[str, Any] = {}
+    installed_needs: dict[str, Any] = {}
     unreviewed: list[str] = []
 
 
@@ -98,8 +98,8 @@ class InternalParameters(_Part):
     build_key: str = ""
     recipe_sha256: str = ""
     lock_entry: dict[str, Any] = {}
-    jobs: int = 0
-    environment: dict[str, str] = {}
+    jobs: int | None = None
+    environment: dict[str, Any] = {}
     commands: list[str] = []
 
 
@@ -116,7 +116,7 @@ class BuildDefinition(_Part):
 
 class Builder(_Part):
     id: str = ""
-    version: dict[str, str] = {}
+    version: dict[str, Any] = {}
 
 
 class Metadata(_Part):
@@ -165,11 +165,64 @@ class Provenance(_Part):
 
     @classmethod
     def read(cls, path: Path) -> Provenance | None:
-        """The statement in ``path``, or None when it is missing or not one."""
+        """The statement in ``path``; None when it is missing or not JSON. A statement
+        with a field of an unexpected type keeps every part that does read (its subject,
+        audit, recipe, target, key), so one odd field does not hide the rest."""
         try:
-            return cls.model_validate_json(path.read_bytes())
-        except (OSError, ValidationError):
+            raw = path.read_bytes()
+        except OSError:
             return None
+        try:
+            return cls.model_validate_json(raw)
+        except ValidationError:
+            pass
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            return None
+        return cls._salvage(data) if isinstance(data, dict) else None
+
+    @classmethod
+    def _salvage(cls, data: dict[str, Any]) -> Provenance:
+        """Each part on its own: what validates is kept, the rest is left empty."""
+
+        def part(model: type[_Part], value: object) -> Any:
+            """The part without the fields that do not validate; None when what is left
+            is not one (a subject or byproduct without its name)."""
+            fields = dict(value) if isinstance(value, dict) else {}
+            while True:
+                try:
+                    return model.model_validate(fields)
+                except ValidationError as exc:
+                    bad = {error["loc"][0] for error in exc.errors() if error["loc"]}
+                    if not bad & fields.keys():
+                        return None
+                    for key in bad:
+                        fields.pop(str(key), None)
+
+        def table(value: object, *keys: str) -> object:
+            for key in keys:
+                value = value.get(key, {}) if isinstance(value, dict) else {}
+            return value
+
+        subjects = data.get("subject")
+        byproducts = table(data, "predicate", "runDetails", "byproducts")
+        found = cls.empty()
+        found.subject = [s for s in (part(Subject, item) for item in
+                         (subjects if isinstance(subjects, list) else [])) if s is not None]  # fmt: skip
+        definition = found.predicate.build_definition
+        definition.external_parameters = part(
+            ExternalParameters, table(data, "predicate", "buildDefinition", "externalParameters")
+        )
+        definition.internal_parameters = part(
+            InternalParameters, table(data, "predicate", "buildDefinition", "internalParameters")
+        )
+        found.predicate.run_details.byproducts = [
+            item for item in (part(Byproduct, b) for b in
+                              (byproducts if isinstance(byproducts, list) else []))
+            if item is not None
+        ]  # fmt: skip
+        return found
 
     @property
     def external(self) -> ExternalParameters:

@@ -215,7 +215,8 @@ class Wheelhouse:
         return digest.hexdigest()
 
     def _regenerate(self) -> Path:
-        pages = _render(self.wheels())
+        wheels = self.wheels()  # listed once: the index and the page show the same files
+        pages = _render(wheels)
         generation = _generation_id(pages)
         index_dir = self.root / _INDEX
         final = index_dir / generation
@@ -233,7 +234,7 @@ class Wheelhouse:
             self._point_simple_at(generation)
         # The page a person browses, beside simple/ (which it does not touch): written
         # whole or not at all, after the index it links to.
-        page = browse_page(self.wheels())
+        page = browse_page(wheels)
         with contextlib.suppress(FileNotFoundError):
             if (self.root / PAGE).read_bytes() == page:
                 page = b""  # unchanged: a republish of the same bytes leaves it as it is
