@@ -203,3 +203,29 @@ def test_an_interrupted_container_removal_still_stops_the_command(tmp_path: Path
             break
         time.sleep(0.1)
     assert not _alive(sleeper)
+
+
+def test_sparkforge_ends_with_the_process_that_started_it(tmp_path: Path) -> None:
+    """nox killed with SIGTERM does not pass the signal on: sparkforge (here `serve`, as
+    under `nox -s serve-index`) must not run on as an orphan."""
+    from sparkforge.wheelhouse.store import Wheelhouse
+    from test_index import build
+
+    house = Wheelhouse(tmp_path / "wheelhouse")
+    house.publish(build(tmp_path, "sfdemo", "1.0"), b"{}")
+    launcher = (
+        "import subprocess, sys\n"
+        "child = subprocess.Popen([sys.executable, '-m', 'sparkforge.cli', 'serve', '--port', '0',\n"
+        f"    '--quiet', '--wheelhouse', {str(house.root)!r}, '--project', {str(tmp_path)!r}])\n"
+        "print(child.pid, flush=True)\n"
+        "import time; time.sleep(3)\n"  # the server is up; then the parent dies abruptly
+        "import os; os._exit(0)\n"
+    )
+    parent = subprocess.run([sys.executable, "-c", launcher], capture_output=True, text=True,
+                            timeout=60)  # fmt: skip
+    child = int(parent.stdout.split()[0])
+    for _ in range(100):
+        if not _alive(child):
+            break
+        time.sleep(0.1)
+    assert not _alive(child), "sparkforge serve outlived its parent"

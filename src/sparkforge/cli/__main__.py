@@ -2,6 +2,6 @@
 
 import sys
 
-from sparkforge.cli.app import main
+from sparkforge.cli.app import entry
 
-sys.exit(main())
+sys.exit(entry())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import math
+import os
 import re
 import signal
 import sys
@@ -249,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="the bundle file (default: ./<recipe>-<version>-<target>-<key>.bundle.tar.xz)",
     )
-    bundle.add_argument("--no-wait", action="store_true")
+    bundle.add_argument("--no-wait", action="store_true",
+                        help="fail at once when another run holds the workspace")  # fmt: skip
     _common(bundle)
     bundle.set_defaults(func=_lazy("cmd_bundle"), dry_run=False, bundle=True)
 
@@ -259,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     build_all.add_argument("recipes", nargs="*", help="only these (and what they need)")
     _build_settings(build_all)
     build_all.add_argument("--force", action="store_true", help="rebuild even what is up to date")
-    build_all.add_argument("--no-wait", action="store_true")
+    build_all.add_argument("--no-wait", action="store_true",
+                           help="fail at once when another run holds the workspace")  # fmt: skip
     build_all.add_argument("--dry-run", action="store_true",
                            help="plan every recipe in order and print what would happen")  # fmt: skip
     build_all.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
@@ -450,6 +453,28 @@ class Terminated(KeyboardInterrupt):
 
 def _terminate(signum: int, _frame: object) -> None:
     raise Terminated(signum)
+
+
+def _die_with_parent() -> None:
+    """SIGTERM when the parent process dies (Linux ``PR_SET_PDEATHSIG``): a nox session
+    killed with SIGTERM does not pass it on, and its sparkforge would otherwise go on
+    building (or serving) as an orphan. The signal takes Ctrl-C's path, as above."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the call: it is gone already
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def entry() -> int:
+    """The ``sparkforge`` command (and ``python -m sparkforge.cli``): :func:`main`, ended
+    with the process that started it."""
+    _die_with_parent()
+    return main()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -89,7 +89,7 @@ def export_command(house: Wheelhouse, requests: Sequence[str], options: ExportOp
         _write(options.uv_toml, render_uv_toml(options.index_url, options.deps_index_url))
     files = sum(len(pin.hashes) for pin in built)
     where = options.output or "standard output"
-    print(f"pinned {len(built)} projects ({files} files) from {house.root} and "
+    print(f"pinned {len(built)} project(s) ({files} files) from {house.root} and "
           f"{len(dependencies)} dependencies in {where}", file=sys.stderr)  # fmt: skip
     return 0
 
@@ -233,7 +233,7 @@ def _for_target(wheels: Sequence[StoredWheel], target: Target) -> Path:
     raise WheelhouseError(
         f"no file of {wheels[0].project} {wheels[0].version} installs on target {target.name} "
         f"(Python {target.python}, {target.manylinux}); build it for that target, pass "
-        "--target, or --no-deps"
+        "--target (--no-deps pins every platform's files without resolving for any target)"
     )
 
 
