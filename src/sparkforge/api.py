@@ -276,6 +276,15 @@ class Run:
             return None
         except LockError:
             pass
+        return self._lock_derived(recipe, version, write=not dry_run)
+
+    def lock_newest(self, recipe: Recipe, version: str) -> LockEntry:
+        """Lock upstream's newest release now (settings of the nearest listed one)."""
+        return self._lock_derived(recipe.with_version(version), version, write=True)
+
+    def _lock_derived(self, recipe: Recipe, version: str, *, write: bool) -> LockEntry:
+        """Resolve ``version``, which ``recipe`` lists only as derived (network: the sdist's
+        sha256 or the tag's commit); with ``write``, record it in lock.toml."""
         borrowed = recipe.derived[version]
         targets = [load_target(self.project, t) for t in available_targets(self.project)]
         with self.console.status(
@@ -283,30 +292,17 @@ class Run:
         ):
             entry = lock_on_demand(self.project, recipe, version, targets, self.workspace)
         pin = entry.source.commit or entry.source.sha256 or entry.source.tree_sha256
-        if dry_run:
+        if not write:
             self.notes.print(
                 f"resolved {recipe.name} {version} on demand: {entry.source.kind} {pin} (settings "
                 f"of {borrowed}; unreviewed); a dry run leaves lock.toml as is", markup=False)  # fmt: skip
             return entry
+        lock_path = self.project / "lock.toml"
         with updating(lock_path, self.notes.print) as lock:
             lock.recipes.setdefault(recipe.name, {})[version] = entry
         self.notes.print(
             f"locked {recipe.name} {version} on demand into {lock_path}: {entry.source.kind} "
             f"{pin} (settings of {borrowed}; unreviewed)", markup=False)  # fmt: skip
-        return entry
-
-    def lock_newest(self, recipe: Recipe, version: str) -> LockEntry:
-        """Lock upstream's newest release now (settings of the nearest listed one)."""
-        derived = recipe.with_version(version)
-        targets = [load_target(self.project, t) for t in available_targets(self.project)]
-        with self.console.status(f"locking {recipe.name} {version} on demand"):
-            entry = lock_on_demand(self.project, derived, version, targets, self.workspace)
-        lock_path = self.project / "lock.toml"
-        with updating(lock_path, self.notes.print) as lock:
-            lock.recipes.setdefault(recipe.name, {})[version] = entry
-        self.notes.print(
-            f"locked {recipe.name} {version} on demand into {lock_path} (settings of "
-            f"{derived.derived.get(version, version)}; unreviewed)", markup=False)  # fmt: skip
         return entry
 
     # -------------------------------------------------------------------- builds

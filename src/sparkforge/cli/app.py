@@ -76,6 +76,11 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
                       f"see `{command.prog} --help`")  # fmt: skip
 
 
+def _no_wait(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-wait", action="store_true",
+                        help="fail instead of waiting when another run holds the workspace")  # fmt: skip
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--project", type=Path, default=Path.cwd(), help="project directory (default: .)"
@@ -235,8 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--upstream-needs", action="store_true",
                        help="with --preflight: a need missing from the wheelhouse comes from "
                             "upstream's published wheel of the same version (said in the log)")  # fmt: skip
-    build.add_argument("--no-wait", action="store_true",
-                       help="fail instead of waiting when another run holds the workspace")  # fmt: skip
+    _no_wait(build)
     _common(build)
     build.set_defaults(func=_lazy("cmd_build"))
 
@@ -250,10 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="the bundle file (default: ./<recipe>-<version>-<target>-<key>.bundle.tar.xz)",
     )
-    bundle.add_argument("--no-wait", action="store_true",
-                        help="fail at once when another run holds the workspace")  # fmt: skip
+    _no_wait(bundle)
     _common(bundle)
-    bundle.set_defaults(func=_lazy("cmd_bundle"), dry_run=False, bundle=True)
+    bundle.set_defaults(func=_lazy("cmd_bundle"), dry_run=False)
 
     build_all = sub.add_parser(
         "build-all", help="build every recipe in dependency order; a table of results"
@@ -261,8 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     build_all.add_argument("recipes", nargs="*", help="only these (and what they need)")
     _build_settings(build_all)
     build_all.add_argument("--force", action="store_true", help="rebuild even what is up to date")
-    build_all.add_argument("--no-wait", action="store_true",
-                           help="fail at once when another run holds the workspace")  # fmt: skip
+    _no_wait(build_all)
     build_all.add_argument("--dry-run", action="store_true",
                            help="plan every recipe in order and print what would happen")  # fmt: skip
     build_all.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")

@@ -183,7 +183,6 @@ class VerdictCache:
     ) -> None:
         path = self._path(sha256, target, cuda_required)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(path, json.dumps(verdict, indent=2, sort_keys=True).encode())
         except OSError as exc:
             raise IndexError_(
